@@ -1,0 +1,126 @@
+"""Training throughput of lrml's LRML against the seed blog's sketch, in pairs per second, in one run.
+
+Both take the same random (user, positive, negative) batches and an Adam step per batch; the
+sketch regularises every parameter densely each step, lrml only the rows in the batch with
+sparse gradients. Also times lrml's full epoch (negative sampling included) on synthetic data.
+
+    python bench/throughput.py [--batch-sizes 1024 8192] [--seconds 10]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lrml.model import LRML, LRMLConfig
+from lrml.train import Optimizer
+
+SHAPES = {"ml-1m": (6_040, 3_706, 1_000_209), "ml-20m": (138_493, 26_744, 20_000_263)}
+SKETCH = Path(os.environ.get("LRML_SEED_SKETCH", Path(__file__).resolve().parents[2] / "shared/reference/seed_lrml.py"))
+
+
+def load_sketch():
+    spec = importlib.util.spec_from_file_location("seed_lrml", SKETCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.LRML
+
+
+def pairs_per_second(step, num_users: int, num_items: int, batch_size: int, seconds: float) -> float:
+    """Run ``step(users, pos, neg)`` on random batches for about ``seconds`` after warm-up."""
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, num_users, (batch_size,), generator=g),
+                torch.randint(0, num_items, (batch_size,), generator=g),
+                torch.randint(0, num_items, (batch_size,), generator=g)) for _ in range(8)]
+    for b in batches[:3]:
+        step(*b)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step(*batches[done % len(batches)])
+        done += 1
+    return done * batch_size / (time.perf_counter() - start)
+
+
+def sketch_step(num_users, num_items, dim, memory):
+    model = load_sketch()(num_users, num_items, dim, memory)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(users, pos, neg):
+        optimizer.zero_grad()
+        model.training_step(users, pos, users, neg).backward()
+        optimizer.step()
+    return step
+
+
+def lrml_step(num_users, num_items, dim, memory):
+    model = LRML(LRMLConfig(num_users, num_items, dim, memory, reg_weight=1e-4))
+    optimizer = Optimizer(model, "adam", 1e-3)
+
+    def step(users, pos, neg):
+        optimizer.zero_grad()
+        model(users, pos, neg).backward()
+        optimizer.step()
+    return step
+
+
+def epoch_pairs_per_second(num_users, num_items, num_interactions, dim, memory, batch_size) -> float:
+    """lrml's Trainer.train_epoch on synthetic ratings of the given shape (sampling and shuffling included)."""
+    from lrml.data.split import interaction_keys
+    from lrml.data.synthetic import generate
+    from lrml.sampling import NegativeSampler
+    from lrml.train import TrainConfig, build_model
+
+    frame = generate(num_users, num_items, num_interactions, seed=0)
+    users, items = (frame["user"].to_numpy() - 1), (frame["item"].to_numpy() - 1)
+    config = TrainConfig(embedding_dim=dim, memory_size=memory, batch_size=batch_size)
+    model = build_model(config, num_users, num_items)
+    optimizer = Optimizer(model, "adam", config.lr)
+    sampler = NegativeSampler(interaction_keys(users, items, num_items), num_items, seed=0)
+    start = time.perf_counter()
+    order = np.random.default_rng(0).permutation(len(users))
+    u, i = torch.as_tensor(users[order]), torch.as_tensor(items[order])
+    n = torch.as_tensor(sampler.sample(users[order]))
+    for s in range(0, len(u), batch_size):
+        optimizer.zero_grad()
+        model(u[s:s + batch_size], i[s:s + batch_size], n[s:s + batch_size]).backward()
+        optimizer.step()
+    return len(u) / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 8192])
+    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per measurement")
+    parser.add_argument("--dim", type=int, default=100)
+    parser.add_argument("--memory", type=int, default=20)
+    parser.add_argument("--epoch", action="store_true", help="also time a full epoch at ml-1m shape")
+    args = parser.parse_args()
+    if not SKETCH.exists():
+        sys.exit(f"{SKETCH} not found; set LRML_SEED_SKETCH to the seed sketch")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+          f"d={args.dim}, N={args.memory}")
+    print(f"{'shape':8} {'batch':>6} {'sketch pairs/s':>15} {'lrml pairs/s':>13} {'ratio':>7}")
+    for shape, (num_users, num_items, _) in SHAPES.items():
+        for batch_size in args.batch_sizes:
+            theirs = pairs_per_second(sketch_step(num_users, num_items, args.dim, args.memory),
+                                      num_users, num_items, batch_size, args.seconds)
+            ours = pairs_per_second(lrml_step(num_users, num_items, args.dim, args.memory),
+                                    num_users, num_items, batch_size, args.seconds)
+            print(f"{shape:8} {batch_size:6d} {theirs:15,.0f} {ours:13,.0f} {ours / theirs:6.1f}x", flush=True)
+    if args.epoch:
+        for batch_size in args.batch_sizes:
+            rate = epoch_pairs_per_second(*SHAPES["ml-1m"], args.dim, args.memory, batch_size)
+            print(f"lrml full epoch at ml-1m shape (1,000,209 synthetic pairs, sampling included), batch {batch_size}: "
+                  f"{rate:,.0f} pairs/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Self-describing checkpoints: model class and config, weights, epoch, metrics and dataset fingerprint.
+
+Everything is stored as tensors and plain Python values, so ``torch.load(..., weights_only=True)``
+reads it and a model is rebuilt without any training or search code.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from lrml.baselines import BPRMF, BPRConfig, Popularity, PopularityConfig
+from lrml.model import LRML, LRMLConfig, Recommender
+
+FORMAT = "lrml-checkpoint"
+VERSION = 1
+MODEL_CLASSES = {cls.__name__: (cls, config) for cls, config in
+                 ((LRML, LRMLConfig), (BPRMF, BPRConfig), (Popularity, PopularityConfig))}
+
+
+def checkpoint_dict(model: Recommender, epoch: int, metrics: dict, dataset_fingerprint: str,
+                    train_config: dict | None = None) -> dict:
+    """The checkpoint of ``model`` as a plain dict (what ``save`` writes)."""
+    return {"format": FORMAT, "version": VERSION, "model_class": type(model).__name__,
+            "model_config": asdict(model.config), "state_dict": model.state_dict(), "epoch": epoch,
+            "metrics": metrics, "dataset_fingerprint": dataset_fingerprint, "train_config": train_config or {}}
+
+
+def save(checkpoint: dict, path: str | Path) -> Path:
+    """Write a checkpoint atomically (a crash mid-write never leaves a half file under ``path``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    torch.save(checkpoint, partial)
+    os.replace(partial, path)
+    return path
+
+
+def load(path: str | Path, expected_fingerprint: str | None = None) -> tuple[Recommender, dict]:
+    """The model stored at ``path`` (in eval mode) and the checkpoint dict it came from."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an lrml checkpoint")
+    if checkpoint["version"] != VERSION:
+        raise ValueError(f"{path}: checkpoint version {checkpoint['version']}, this lrml reads {VERSION}")
+    if expected_fingerprint and checkpoint["dataset_fingerprint"] != expected_fingerprint:
+        raise ValueError(f"{path}: trained on dataset {checkpoint['dataset_fingerprint']}, "
+                         f"not the given dataset {expected_fingerprint}")
+    model_class, config_class = MODEL_CLASSES[checkpoint["model_class"]]
+    model = model_class(config_class(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint

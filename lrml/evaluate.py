@@ -1,0 +1,69 @@
+"""Evaluate a model on a prepared dataset's validation or test users, in both protocols.
+
+Sampled: the held-out item against its 100 fixed candidates. Full: against every item, with
+the user's training items excluded (and the validation item too when testing).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lrml.data import Dataset
+from lrml.metrics import full_ranks, ranking_metrics, sampled_ranks
+from lrml.model import Recommender
+
+PROTOCOLS = ("sampled", "full")
+EVAL_BATCH_USERS = 256
+
+
+class Evaluator:
+    """Holds the per-split arrays (exclusion lists built once) and scores a model against them."""
+
+    def __init__(self, dataset: Dataset, ks: tuple[int, ...] = (10,)):
+        self.dataset = dataset
+        self.ks = ks
+        order = np.argsort(dataset.train_users, kind="stable")
+        self._train_items_sorted = dataset.train_items[order].astype(np.int64)
+        self._train_indptr = np.concatenate([[0], np.cumsum(np.bincount(dataset.train_users,
+                                                                        minlength=dataset.num_users))])
+        self._valid_item_of = dict(zip(dataset.valid_users.tolist(), dataset.valid_items.tolist()))
+
+    @torch.no_grad()
+    def evaluate(self, model: Recommender, part: str, protocols: tuple[str, ...] = PROTOCOLS,
+                 users: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+        """``{"sampled": {"hr@10": ..., "ndcg@10": ..., "mrr": ...}, "full": {...}}`` for ``part``."""
+        eval_users, targets, candidates = self.dataset.split_arrays(part)
+        if users is not None:  # a subset, e.g. one worker's share
+            keep = np.isin(eval_users, users)
+            eval_users, targets, candidates = eval_users[keep], targets[keep], candidates[keep]
+        was_training = model.training
+        model.eval()
+        ranks = {protocol: [] for protocol in protocols}
+        for start in range(0, len(eval_users), EVAL_BATCH_USERS):
+            batch = slice(start, start + EVAL_BATCH_USERS)
+            u = torch.as_tensor(eval_users[batch], dtype=torch.long)
+            t = torch.as_tensor(targets[batch], dtype=torch.long)
+            if "sampled" in protocols:
+                items = torch.cat([t.unsqueeze(1), torch.as_tensor(candidates[batch], dtype=torch.long)], dim=1)
+                scores = model.score(u.unsqueeze(1), items)
+                ranks["sampled"].append(sampled_ranks(scores[:, 0], scores[:, 1:]))
+            if "full" in protocols:
+                rows, cols = self._excluded(eval_users[batch], part)
+                ranks["full"].append(full_ranks(model.score_all(u), t, rows, cols))
+        model.train(was_training)
+        return {protocol: ranking_metrics(torch.cat(found), self.ks) for protocol, found in ranks.items()}
+
+    def _excluded(self, users: np.ndarray, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, item) pairs to skip in full ranking: training items, plus the validation item on test."""
+        starts, ends = self._train_indptr[users], self._train_indptr[users + 1]
+        lengths = ends - starts
+        rows = np.repeat(np.arange(len(users)), lengths)
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        cols = self._train_items_sorted[np.repeat(starts, lengths) + offsets]
+        if part == "test":
+            extra = [(row, self._valid_item_of[user]) for row, user in enumerate(users.tolist())
+                     if user in self._valid_item_of]
+            if extra:
+                extra_rows, extra_cols = np.array(extra).T
+                rows, cols = np.concatenate([rows, extra_rows]), np.concatenate([cols, extra_cols])
+        return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)

@@ -1,0 +1,265 @@
+"""Train LRML or a baseline on a prepared dataset: the epoch loop, early stopping and checkpoints.
+
+Plain PyTorch with no Ray import: the Ray adapter drives the same ``Trainer`` through
+``fit(callback=...)`` and ``train_epoch``. Run ``python -m lrml.train --help`` for the CLI.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from lrml import checkpoint as checkpoints
+from lrml.baselines import BPRMF, BPRConfig, Popularity, PopularityConfig
+from lrml.data import Dataset, SplitParams, load_dataset, prepare
+from lrml.evaluate import Evaluator
+from lrml.model import LRML, LRMLConfig, Recommender
+from lrml.sampling import NegativeSampler
+
+MODELS = ("lrml", "cml", "bpr", "pop")
+MONITOR = "valid/sampled/ndcg@10"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; ``defaults(model)`` gives each model's tuned values."""
+
+    model: str = "lrml"
+    embedding_dim: int = 100
+    memory_size: int = 20
+    margin: float = 0.2
+    reg_weight: float = 0.01
+    lr: float = 1e-3
+    optimizer: str = "adam"  # "adam" (SparseAdam on sparse embeddings) or "adagrad"
+    batch_size: int = 1024
+    max_epochs: int = 100
+    patience: int = 5  # stop after this many epochs without a better validation nDCG@10
+    seed: int = 0
+    # LRML variants (see LRMLConfig)
+    clip_radius: float | None = 1.0
+    distance: str = "l2"
+    negative_relation: str = "positive"
+    regularizer: str = "batch"
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"model={self.model!r}; expected one of {MODELS}")
+        if self.optimizer not in ("adam", "adagrad"):
+            raise ValueError(f"optimizer={self.optimizer!r}; expected 'adam' or 'adagrad'")
+        if self.batch_size < 1 or self.max_epochs < 1 or self.lr <= 0:
+            raise ValueError(f"batch_size, max_epochs and lr must be positive: {self}")
+
+
+# Each model's best setting by validation nDCG@10 on ml-100k from a small grid (lr, margin,
+# reg_weight, embedding_dim), the same care for every model; see the README's results.
+DEFAULTS = {
+    "lrml": TrainConfig(),
+    "cml": TrainConfig(model="cml"),
+    "bpr": TrainConfig(model="bpr", lr=3e-3, reg_weight=1e-3),
+    "pop": TrainConfig(model="pop", max_epochs=1),
+}
+
+
+def defaults(model: str) -> TrainConfig:
+    """Good starting hyperparameters for ``model`` (not placeholders: see the README's table)."""
+    if model not in DEFAULTS:
+        raise ValueError(f"model={model!r}; expected one of {MODELS}")
+    return DEFAULTS[model]
+
+
+def build_model(config: TrainConfig, num_users: int, num_items: int) -> Recommender:
+    """The model ``config`` describes, sized for the dataset."""
+    if config.model == "pop":
+        return Popularity(PopularityConfig(num_users, num_items))
+    if config.model == "bpr":
+        return BPRMF(BPRConfig(num_users, num_items, config.embedding_dim, config.reg_weight))
+    return LRML(LRMLConfig(num_users, num_items, config.embedding_dim, config.memory_size, config.margin,
+                           config.reg_weight, use_memory=config.model == "lrml", clip_radius=config.clip_radius,
+                           distance=config.distance, negative_relation=config.negative_relation,
+                           regularizer=config.regularizer, sparse=config.regularizer != "seed"))
+
+
+class Optimizer:
+    """Adam (SparseAdam for sparse embedding gradients, Adam for the rest) or Adagrad, stepped as one."""
+
+    def __init__(self, model: Recommender, name: str, lr: float):
+        sparse = [p for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse for p in m.parameters()]
+        dense = [p for p in model.parameters() if all(p is not s for s in sparse)]
+        if name == "adagrad":
+            self.parts = [torch.optim.Adagrad(sparse + dense, lr=lr)] if sparse or dense else []
+        else:
+            self.parts = ([torch.optim.SparseAdam(sparse, lr=lr)] if sparse else []) + \
+                         ([torch.optim.Adam(dense, lr=lr)] if dense else [])
+
+    def zero_grad(self) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()
+
+
+@dataclass
+class EpochReport:
+    """What the per-epoch callback receives."""
+
+    epoch: int
+    metrics: dict[str, float]  # "loss", "valid/sampled/hr@10", ..., "seconds"
+    improved: bool  # the monitored validation metric is the best so far
+    trainer: "Trainer"
+
+
+@dataclass
+class FitResult:
+    """The best epoch's validation metrics and the final metrics in both protocols."""
+
+    best_epoch: int
+    history: list[dict[str, float]]
+    final: dict  # {"valid": {"sampled": {...}, "full": {...}}, "test": {...}, "seconds": ...}
+
+
+class Trainer:
+    """Owns the model, optimizer, negative sampler and evaluator for one run on one dataset."""
+
+    def __init__(self, config: TrainConfig, dataset: Dataset, rank: int = 0):
+        self.config = config
+        self.dataset = dataset
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, dataset.num_users, dataset.num_items)
+        self.network: torch.nn.Module = self.model  # what the loss runs through (a DDP wrapper under Ray)
+        self.optimizer = Optimizer(self.model, config.optimizer, config.lr)
+        self.sampler = NegativeSampler(dataset.train_keys, dataset.num_items, seed=config.seed * 1000 + rank)
+        self.shuffle_rng = np.random.default_rng(config.seed * 1000 + rank + 500)
+        self.evaluator = Evaluator(dataset)
+
+    @property
+    def trainable(self) -> bool:
+        return any(True for _ in self.model.parameters())
+
+    def train_epoch(self, users: np.ndarray, items: np.ndarray, num_batches: int | None = None) -> float:
+        """One pass over the given positive pairs with fresh negatives; returns the mean loss per pair.
+
+        ``num_batches`` fixes the step count (data-parallel workers must all take the same number).
+        """
+        if not self.trainable:
+            self.model.fit_counts(torch.as_tensor(items, dtype=torch.long))
+            return 0.0
+        order = self.shuffle_rng.permutation(len(users))
+        users_t = torch.as_tensor(users[order], dtype=torch.long)
+        pos_t = torch.as_tensor(items[order], dtype=torch.long)
+        neg_t = torch.as_tensor(self.sampler.sample(users[order]), dtype=torch.long)
+        size = self.config.batch_size
+        steps = num_batches if num_batches is not None else -(-len(users) // size)
+        total = torch.zeros(())
+        self.model.train()
+        for step in range(steps):
+            batch = slice((step * size) % max(len(users), 1), (step * size) % max(len(users), 1) + size)
+            self.optimizer.zero_grad()
+            loss = self.network(users_t[batch], pos_t[batch], neg_t[batch])
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach()
+        return total.item() / max(min(steps * size, len(users)), 1)
+
+    def validate(self) -> dict[str, float]:
+        """Sampled validation metrics, flat and prefixed (``valid/sampled/ndcg@10``)."""
+        found = self.evaluator.evaluate(self.model, "valid", ("sampled",))["sampled"]
+        return {f"valid/sampled/{name}": value for name, value in found.items()}
+
+    def final_metrics(self) -> dict:
+        """Validation and test metrics in both protocols (the CLI's ``--metrics-out`` shape)."""
+        return {part: self.evaluator.evaluate(self.model, part) for part in ("valid", "test")}
+
+    def checkpoint(self, epoch: int, metrics: dict) -> dict:
+        return checkpoints.checkpoint_dict(self.model, epoch, metrics, self.dataset.fingerprint, asdict(self.config))
+
+    def fit(self, callback: Callable[[EpochReport], None] | None = None,
+            checkpoint_path: str | Path | None = None) -> FitResult:
+        """Train with early stopping on validation nDCG@10; the model ends at its best epoch."""
+        started = time.perf_counter()
+        history, best_value, best_epoch, best_state = [], float("-inf"), 0, None
+        max_epochs = self.config.max_epochs if self.trainable else 1
+        for epoch in range(1, max_epochs + 1):
+            epoch_start = time.perf_counter()
+            loss = self.train_epoch(self.dataset.train_users, self.dataset.train_items)
+            metrics = {"epoch": epoch, "loss": loss, **self.validate(), "seconds": time.perf_counter() - epoch_start}
+            history.append(metrics)
+            improved = metrics[MONITOR] > best_value
+            if improved:
+                best_value, best_epoch = metrics[MONITOR], epoch
+                best_state = copy.deepcopy(self.model.state_dict())
+                if checkpoint_path:
+                    checkpoints.save(self.checkpoint(epoch, metrics), checkpoint_path)
+            if callback:
+                callback(EpochReport(epoch, metrics, improved, self))
+            if epoch - best_epoch >= self.config.patience:
+                break
+        self.model.load_state_dict(best_state)
+        final = {**self.final_metrics(), "seconds": time.perf_counter() - started, "best_epoch": best_epoch}
+        return FitResult(best_epoch, history, final)
+
+
+def print_epoch(report: EpochReport) -> None:
+    m = report.metrics
+    print(f"epoch {report.epoch:3d}  loss {m['loss']:.4f}  valid hr@10 {m['valid/sampled/hr@10']:.4f}  "
+          f"ndcg@10 {m['valid/sampled/ndcg@10']:.4f}  {m['seconds']:.1f}s{'  *' if report.improved else ''}",
+          flush=True)
+
+
+def format_final(final: dict) -> str:
+    """The final metrics as a small table: one row per split and protocol."""
+    lines = [f"{'split':6} {'protocol':8} {'hr@10':>7} {'ndcg@10':>8} {'mrr':>7}"]
+    for part in ("valid", "test"):
+        for protocol, values in final[part].items():
+            lines.append(f"{part:6} {protocol:8} {values['hr@10']:7.4f} {values['ndcg@10']:8.4f} {values['mrr']:7.4f}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m lrml.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-latest-small", help="MovieLens release (default: the bundled ml-latest-small)")
+    parser.add_argument("--data-dir", help="the release's archive or extracted folder (default: bundled copy or download)")
+    parser.add_argument("--prepared-dir", help="where the prepared Parquet folder goes (default: under $LRML_DATA_HOME)")
+    parser.add_argument("--min-rating", type=float, help="keep only ratings >= this as positives (default: all)")
+    parser.add_argument("--model", choices=MODELS, default="lrml")
+    for field in fields(TrainConfig):
+        if field.name == "model":
+            continue
+        kind = {"int": int, "float": float, "str": str}.get(str(field.type).split(" ")[0], float)
+        parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=None,
+                            help=f"default: the model's tuned value ({getattr(TrainConfig(), field.name)!r} for lrml)")
+    parser.add_argument("--checkpoint", help="write the best epoch's checkpoint here")
+    parser.add_argument("--metrics-out", help="write the final metrics here as JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if f.name != "model" and getattr(args, f.name) is not None}
+    config = replace(defaults(args.model), **overrides)
+    path = prepare(args.dataset, args.data_dir, args.prepared_dir, SplitParams(min_rating=args.min_rating))
+    dataset = load_dataset(path)
+    counts = dataset.manifest["counts"]
+    print(f"{dataset.manifest['dataset']}: {counts['users']} users, {counts['items']} items, "
+          f"{counts['train']} train / {counts['valid']} valid / {counts['test']} test ({path})")
+    print(f"model {config.model}: {json.dumps({k: v for k, v in asdict(config).items() if k != 'model'})}", flush=True)
+    result = Trainer(config, dataset).fit(callback=print_epoch, checkpoint_path=args.checkpoint)
+    print(f"best epoch {result.best_epoch}; {result.final['seconds']:.1f}s")
+    print(format_final(result.final))
+    if args.metrics_out:
+        Path(args.metrics_out).write_text(json.dumps(result.final, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

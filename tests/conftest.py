@@ -1,0 +1,40 @@
+"""Shared fixtures: the real MovieLens files in ../shared/data and an isolated data home per test session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LRML_SHARED_DATA", REPO.parent / "shared" / "data"))
+ML_100K = SHARED_DATA / "ml-100k"
+ML_LATEST_SMALL = SHARED_DATA / "ml-latest-small"
+SEED_SKETCH = SHARED_DATA.parent / "reference" / "seed_lrml.py"
+
+
+def require(path: Path) -> Path:
+    """Skip the test, saying why, when a file it reads is not on this machine."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real MovieLens files are read from ../shared/data; set LRML_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_home(tmp_path_factory) -> Path:
+    """Every test prepares datasets under a fresh temporary data home, never the user's cache."""
+    home = tmp_path_factory.mktemp("lrml-home")
+    os.environ["LRML_DATA_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def ml100k_dataset(data_home):
+    from lrml.data import load_dataset, prepare
+    return load_dataset(prepare("ml-100k", require(ML_100K)))
+
+
+@pytest.fixture(scope="session")
+def small_dataset(data_home):
+    from lrml.data import load_dataset, prepare
+    return load_dataset(prepare())

@@ -1,0 +1,35 @@
+"""Metrics against values computed by hand."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lrml.metrics import full_ranks, ranking_metrics, sampled_ranks
+
+
+def test_metrics_of_known_ranks():
+    ranks = np.array([0, 1, 9, 10, 50])
+    found = ranking_metrics(ranks, ks=(1, 10))
+    assert found["hr@1"] == pytest.approx(1 / 5)
+    assert found["hr@10"] == pytest.approx(3 / 5)
+    assert found["ndcg@10"] == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(11)) / 5)
+    assert found["ndcg@1"] == pytest.approx(1 / 5)
+    assert found["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 10 + 1 / 11 + 1 / 51) / 5)
+
+
+def test_sampled_rank_counts_ties_against_the_target():
+    target = torch.tensor([0.5, 0.5, 0.9])
+    candidates = torch.tensor([[0.1, 0.5, 0.7], [0.1, 0.2, 0.3], [0.9, 0.9, 0.9]])
+    assert sampled_ranks(target, candidates).tolist() == [2, 0, 3]
+    # a constant scorer never gets credit
+    assert ranking_metrics(sampled_ranks(torch.zeros(4), torch.zeros(4, 100)))["hr@10"] == 0.0
+
+
+def test_full_rank_skips_excluded_items_and_the_target_itself():
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5],
+                           [0.1, 0.2, 0.3, 0.4, 0.5]])
+    targets = torch.tensor([3, 0])
+    # user 0 trained on items 0 and 1: only item 2 outranks its target; user 1 trained on item 4
+    rows, cols = torch.tensor([0, 0, 1]), torch.tensor([0, 1, 4])
+    assert full_ranks(scores.clone(), targets, rows, cols).tolist() == [1, 3]

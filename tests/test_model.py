@@ -1,0 +1,203 @@
+"""LRML's mechanics (attention, clipping, gradients, the sketch variant) and one contract every model obeys."""
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SEED_SKETCH, require
+from lrml import checkpoint
+from lrml.baselines import BPRMF, BPRConfig, Popularity, PopularityConfig
+from lrml.model import LRML, LRMLConfig, clip_by_norm
+
+USERS, ITEMS = 30, 40
+
+
+def batch(size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, USERS, (size,), generator=g), torch.randint(0, ITEMS, (size,), generator=g),
+            torch.randint(0, ITEMS, (size,), generator=g))
+
+
+def spread(model):
+    """Give the embeddings a scale where clipping and distances matter."""
+    with torch.no_grad():
+        for module in (model.user_embedding, model.item_embedding):
+            module.weight.normal_(0.0, 0.5)
+        for name in ("keys", "memory"):
+            if hasattr(model, name):
+                getattr(model, name).normal_(0.0, 1.0)
+    return model
+
+
+def test_attention_is_a_distribution_and_relation_is_its_memory_mix():
+    model = spread(LRML(LRMLConfig(USERS, ITEMS, embedding_dim=8, memory_size=5)))
+    users, items, _ = batch()
+    p, q = model.user_embedding(users), model.item_embedding(items)
+    attention = model.attention(p, q)
+    assert attention.shape == (16, 5) and (attention >= 0).all()
+    assert torch.allclose(attention.sum(-1), torch.ones(16))
+    assert attention.std() > 0.01  # not uniform: the keys address the memory
+    assert torch.allclose(model.relation(p, q), attention @ model.memory)
+
+
+def test_gradients_reach_keys_memory_and_only_batch_rows():
+    model = spread(LRML(LRMLConfig(USERS, ITEMS, embedding_dim=8, memory_size=5, reg_weight=0.1)))
+    users, pos, neg = batch()
+    model.loss(users, pos, neg).backward()
+    assert model.keys.grad.abs().sum() > 0 and model.memory.grad.abs().sum() > 0
+    grad = model.item_embedding.weight.grad
+    assert grad.is_sparse
+    touched = set(grad.coalesce().indices()[0].tolist())
+    assert touched == set(pos.tolist()) | set(neg.tolist())
+
+
+def test_clipped_norms_hold():
+    model = spread(LRML(LRMLConfig(USERS, ITEMS, embedding_dim=8, memory_size=5, clip_radius=1.0)))
+    with torch.no_grad():
+        model.user_embedding.weight[:5] *= 100.0
+    clipped = model._clip(model.user_embedding.weight)
+    assert clipped.norm(dim=1).max() <= 1.0 + 1e-5
+    small = model.user_embedding.weight.norm(dim=1) < 1.0
+    assert torch.equal(clipped[small], model.user_embedding.weight[small])  # short vectors are untouched
+    assert torch.allclose(clip_by_norm(torch.tensor([[3.0, 4.0]]), 1.0), torch.tensor([[0.6, 0.8]]), atol=1e-6)
+
+
+def test_score_by_hand():
+    model = LRML(LRMLConfig(1, 2, embedding_dim=2, memory_size=1, clip_radius=None))
+    with torch.no_grad():
+        model.user_embedding.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        model.item_embedding.weight.copy_(torch.tensor([[1.0, 2.0], [0.0, 0.0]]))
+        model.keys.zero_()
+        model.memory.copy_(torch.tensor([[0.0, 1.0]]))  # one slot: the relation is always (0, 1)
+    # p + r - q = (1, 1) - (1, 2) = (0, -1) and (1, 1) - (0, 0) = (1, 1)
+    expected = -torch.sqrt(torch.tensor([1.0, 2.0]) + 1e-3)
+    assert torch.allclose(model.score(torch.tensor([0, 0]), torch.tensor([0, 1])), expected)
+    assert torch.allclose(model.score_all(torch.tensor([0])), expected.unsqueeze(0))
+
+
+def test_negative_relation_variants_differ_only_in_the_negative_relation():
+    config = LRMLConfig(USERS, ITEMS, embedding_dim=8, memory_size=5, margin=10.0)
+    shared, own = spread(LRML(config)), LRML(LRMLConfig(**{**config.__dict__, "negative_relation": "own"}))
+    own.load_state_dict(shared.state_dict())
+    users, pos, neg = batch()
+    with torch.no_grad():
+        model_p, model_q = shared.user_embedding(users), shared.item_embedding(pos)
+        r = shared.relation(shared._clip(model_p), shared._clip(shared.item_embedding(pos)))
+        expected = (10.0 - shared._score_vectors(shared._clip(model_p), shared._clip(model_q), r)
+                    + shared._score_vectors(shared._clip(model_p), shared._clip(shared.item_embedding(neg)), r)).sum()
+    assert torch.allclose(shared.loss(users, pos, neg), expected)
+    assert not torch.allclose(own.loss(users, pos, neg), expected)
+
+
+def load_sketch():
+    spec = importlib.util.spec_from_file_location("seed_lrml", require(SEED_SKETCH))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.LRML
+
+
+def test_seed_variant_matches_the_sketch_on_the_same_weights():
+    sketch = load_sketch()(USERS, ITEMS, 8, 5, margin=0.2, reg_weight=0.1)
+    with torch.no_grad():
+        sketch.user_embedding.weight.normal_(0, 1.0)  # large enough that the radius-2 clip is active
+    ours = LRML(LRMLConfig.seed_sketch(USERS, ITEMS, 8, 5, margin=0.2, reg_weight=0.1))
+    ours.user_embedding.weight.data.copy_(sketch.user_embedding.weight)
+    ours.item_embedding.weight.data.copy_(sketch.item_embedding.weight)
+    ours.keys.data.copy_(sketch.key_layer)
+    ours.memory.data.copy_(sketch.memory)
+    users, pos, neg = batch(64)
+    expected = sketch.training_step(users, pos, users, neg)
+    found = ours.loss(users, pos, neg)
+    assert torch.allclose(found, expected, rtol=1e-5)
+    expected.backward()
+    found.backward()
+    for theirs, mine in ((sketch.user_embedding.weight, ours.user_embedding.weight),
+                         (sketch.item_embedding.weight, ours.item_embedding.weight),
+                         (sketch.key_layer, ours.keys), (sketch.memory, ours.memory)):
+        assert torch.allclose(theirs.grad, mine.grad, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(ours.score(users, pos), sketch(users, pos), rtol=1e-5)
+    # and the authors' defaults are a different model on the same weights
+    authors = LRML(LRMLConfig(USERS, ITEMS, 8, 5, margin=0.2, reg_weight=0.1, sparse=False))
+    authors.load_state_dict(ours.state_dict())
+    assert not torch.allclose(authors.loss(users, pos, neg), expected)
+
+
+class RecommenderContract:
+    """Behaviour every model must share; subclasses say how to build one."""
+
+    def make(self):
+        raise NotImplementedError
+
+    def fitted(self):
+        model = self.make()
+        if isinstance(model, Popularity):
+            model.fit_counts(torch.randint(0, ITEMS, (500,), generator=torch.Generator().manual_seed(1)))
+        else:
+            spread(model)
+        return model
+
+    def test_score_all_agrees_with_pair_scores(self):
+        model = self.fitted()
+        users = torch.arange(USERS)
+        all_scores = model.score_all(users)
+        assert all_scores.shape == (USERS, ITEMS)
+        pairs = model.score(users.unsqueeze(1), torch.arange(ITEMS).unsqueeze(0))
+        assert torch.allclose(all_scores, pairs, atol=1e-5)
+
+    def test_recommend_excludes_seen_items(self):
+        model = self.fitted()
+        seen = [np.arange(0, 35), np.array([], dtype=np.int64)]
+        top = model.recommend(torch.tensor([0, 1]), k=5, exclude=seen)
+        assert set(top[0].tolist()) == {35, 36, 37, 38, 39}
+        assert torch.equal(top[1], model.score_all(torch.tensor([1]))[0].topk(5).indices)
+
+    def test_checkpoint_round_trip(self, tmp_path):
+        model = self.fitted()
+        path = checkpoint.save(checkpoint.checkpoint_dict(model, 3, {"valid/sampled/ndcg@10": 0.5}, "abc"),
+                               tmp_path / "model.pt")
+        loaded, meta = checkpoint.load(path, expected_fingerprint="abc")
+        assert type(loaded) is type(model) and meta["epoch"] == 3
+        assert torch.equal(loaded.score_all(torch.arange(3)), model.score_all(torch.arange(3)))
+        with pytest.raises(ValueError, match="trained on dataset abc"):
+            checkpoint.load(path, expected_fingerprint="other")
+
+    def test_training_lowers_the_loss(self):
+        model = self.make()
+        if isinstance(model, Popularity):
+            pytest.skip("popularity has nothing to train")
+        from lrml.train import Optimizer
+        optimizer = Optimizer(model, "adam", 0.01)
+        users, pos, neg = batch(256)
+        first = model(users, pos, neg).item()
+        for _ in range(50):
+            optimizer.zero_grad()
+            model(users, pos, neg).backward()
+            optimizer.step()
+        assert model(users, pos, neg).item() < 0.5 * first
+
+
+class TestLRML(RecommenderContract):
+    def make(self):
+        return LRML(LRMLConfig(USERS, ITEMS, embedding_dim=8, memory_size=5))
+
+
+class TestLRMLSquaredOwnRelation(RecommenderContract):
+    def make(self):
+        return LRML(LRMLConfig(USERS, ITEMS, embedding_dim=8, memory_size=5, distance="squared",
+                               negative_relation="own", reg_weight=0.01))
+
+
+class TestCML(RecommenderContract):
+    def make(self):
+        return LRML(LRMLConfig(USERS, ITEMS, embedding_dim=8, use_memory=False))
+
+
+class TestBPR(RecommenderContract):
+    def make(self):
+        return BPRMF(BPRConfig(USERS, ITEMS, embedding_dim=8))
+
+
+class TestPopularity(RecommenderContract):
+    def make(self):
+        return Popularity(PopularityConfig(USERS, ITEMS))

@@ -1,0 +1,66 @@
+"""The trainer on real data: it learns, it stops early, its checkpoints and CLI output are usable."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from lrml import checkpoint
+from lrml.sampling import NegativeSampler
+from lrml.train import MONITOR, Trainer, defaults, main
+
+
+def test_negatives_are_unseen_and_uniform(small_dataset):
+    d = small_dataset
+    sampler = NegativeSampler(d.train_keys, d.num_items, seed=0)
+    users = np.repeat(np.array([0, 1], dtype=np.int32), 50_000)
+    negatives = sampler.sample(users)
+    seen = set(zip(d.train_users.tolist(), d.train_items.tolist()))
+    assert not any((u, i) in seen for u, i in zip(users[::97].tolist(), negatives[::97].tolist()))
+    unseen_0 = d.num_items - (d.train_users == 0).sum()
+    counts = np.bincount(negatives[:50_000], minlength=d.num_items)
+    assert (counts > 0).sum() > 0.99 * unseen_0 * (1 - np.exp(-50_000 / unseen_0))
+
+
+def test_short_run_beats_popularity_on_validation(small_dataset, tmp_path):
+    pop = Trainer(defaults("pop"), small_dataset).fit()
+    reports = []
+    config = replace(defaults("lrml"), max_epochs=6)
+    result = Trainer(config, small_dataset).fit(callback=reports.append, checkpoint_path=tmp_path / "best.pt")
+    assert [r.epoch for r in reports] == list(range(1, len(reports) + 1))
+    best_valid = max(r.metrics[MONITOR] for r in reports)
+    assert best_valid > pop.history[0][MONITOR] + 0.02, (best_valid, pop.history[0][MONITOR])
+    # the model ends at its best epoch, and the checkpoint holds that epoch
+    assert result.final["valid"]["sampled"]["ndcg@10"] == best_valid
+    model, meta = checkpoint.load(tmp_path / "best.pt", expected_fingerprint=small_dataset.fingerprint)
+    assert meta["epoch"] == result.best_epoch and meta["metrics"][MONITOR] == best_valid
+    raw = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert raw["train_config"]["model"] == "lrml"
+
+
+def test_early_stopping_stops_after_patience(small_dataset):
+    config = replace(defaults("lrml"), max_epochs=40, patience=1, lr=0.05)
+    result = Trainer(config, small_dataset).fit()
+    assert len(result.history) < 40
+    assert len(result.history) == result.best_epoch + 1
+
+
+def test_same_seed_same_run(small_dataset):
+    config = replace(defaults("bpr"), max_epochs=2)
+    first, second = Trainer(config, small_dataset).fit(), Trainer(config, small_dataset).fit()
+    assert [h["loss"] for h in first.history] == [h["loss"] for h in second.history]
+
+
+def test_cli_writes_metrics_json(tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    assert main(["--model", "bpr", "--max-epochs", "2", "--metrics-out", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert set(metrics) >= {"valid", "test", "seconds"}
+    for part in ("valid", "test"):
+        for protocol in ("sampled", "full"):
+            assert set(metrics[part][protocol]) == {"hr@10", "ndcg@10", "mrr"}
+            assert 0 <= metrics[part][protocol]["ndcg@10"] <= metrics[part][protocol]["hr@10"] <= 1
+    # full ranking over ~9.7k items is harder than 100 sampled candidates
+    assert metrics["test"]["full"]["hr@10"] < metrics["test"]["sampled"]["hr@10"]
+    printed = capsys.readouterr().out
+    assert "epoch   2" in printed and "test   full" in printed
