@@ -38,18 +38,19 @@ class Evaluator:
             eval_users, targets, candidates = eval_users[keep], targets[keep], candidates[keep]
         was_training = model.training
         model.eval()
+        device = next(iter(model.state_dict().values())).device
         ranks = {protocol: [] for protocol in protocols}
         for start in range(0, len(eval_users), EVAL_BATCH_USERS):
             batch = slice(start, start + EVAL_BATCH_USERS)
-            u = torch.as_tensor(eval_users[batch], dtype=torch.long)
-            t = torch.as_tensor(targets[batch], dtype=torch.long)
+            u = torch.as_tensor(eval_users[batch], dtype=torch.long, device=device)
+            t = torch.as_tensor(targets[batch], dtype=torch.long, device=device)
             if "sampled" in protocols:
-                items = torch.cat([t.unsqueeze(1), torch.as_tensor(candidates[batch], dtype=torch.long)], dim=1)
-                scores = model.score(u.unsqueeze(1), items)
-                ranks["sampled"].append(sampled_ranks(scores[:, 0], scores[:, 1:]))
+                cands = torch.as_tensor(candidates[batch], dtype=torch.long, device=device)
+                scores = model.score(u.unsqueeze(1), torch.cat([t.unsqueeze(1), cands], dim=1))
+                ranks["sampled"].append(sampled_ranks(scores[:, 0], scores[:, 1:]).cpu())
             if "full" in protocols:
-                rows, cols = self._excluded(eval_users[batch], part)
-                ranks["full"].append(full_ranks(model.score_all(u), t, rows, cols))
+                rows, cols = (x.to(device) for x in self._excluded(eval_users[batch], part))
+                ranks["full"].append(full_ranks(model.score_all(u), t, rows, cols).cpu())
         model.train(was_training)
         return {protocol: ranking_metrics(torch.cat(found), self.ks) for protocol, found in ranks.items()}
 

@@ -75,16 +75,16 @@ def defaults(model: str) -> TrainConfig:
     return DEFAULTS[model]
 
 
-def build_model(config: TrainConfig, num_users: int, num_items: int) -> Recommender:
-    """The model ``config`` describes, sized for the dataset."""
+def build_model(config: TrainConfig, num_users: int, num_items: int, sparse: bool = True) -> Recommender:
+    """The model ``config`` describes, sized for the dataset (``sparse=False``: dense embedding gradients)."""
     if config.model == "pop":
         return Popularity(PopularityConfig(num_users, num_items))
     if config.model == "bpr":
-        return BPRMF(BPRConfig(num_users, num_items, config.embedding_dim, config.reg_weight))
+        return BPRMF(BPRConfig(num_users, num_items, config.embedding_dim, config.reg_weight, sparse=sparse))
     return LRML(LRMLConfig(num_users, num_items, config.embedding_dim, config.memory_size, config.margin,
                            config.reg_weight, use_memory=config.model == "lrml", clip_radius=config.clip_radius,
                            distance=config.distance, negative_relation=config.negative_relation,
-                           regularizer=config.regularizer, sparse=config.regularizer != "seed"))
+                           regularizer=config.regularizer, sparse=sparse and config.regularizer != "seed"))
 
 
 class Optimizer:
@@ -130,11 +130,13 @@ class FitResult:
 class Trainer:
     """Owns the model, optimizer, negative sampler and evaluator for one run on one dataset."""
 
-    def __init__(self, config: TrainConfig, dataset: Dataset, rank: int = 0):
+    def __init__(self, config: TrainConfig, dataset: Dataset, rank: int = 0, device: str | torch.device = "cpu",
+                 sparse: bool = True):
         self.config = config
         self.dataset = dataset
+        self.device = torch.device(device)
         torch.manual_seed(config.seed)
-        self.model = build_model(config, dataset.num_users, dataset.num_items)
+        self.model = build_model(config, dataset.num_users, dataset.num_items, sparse).to(self.device)
         self.network: torch.nn.Module = self.model  # what the loss runs through (a DDP wrapper under Ray)
         self.optimizer = Optimizer(self.model, config.optimizer, config.lr)
         self.sampler = NegativeSampler(dataset.train_keys, dataset.num_items, seed=config.seed * 1000 + rank)
@@ -151,15 +153,15 @@ class Trainer:
         ``num_batches`` fixes the step count (data-parallel workers must all take the same number).
         """
         if not self.trainable:
-            self.model.fit_counts(torch.as_tensor(items, dtype=torch.long))
+            self.model.fit_counts(torch.as_tensor(items, dtype=torch.long, device=self.device))
             return 0.0
         order = self.shuffle_rng.permutation(len(users))
-        users_t = torch.as_tensor(users[order], dtype=torch.long)
-        pos_t = torch.as_tensor(items[order], dtype=torch.long)
-        neg_t = torch.as_tensor(self.sampler.sample(users[order]), dtype=torch.long)
+        users_t = torch.as_tensor(users[order], dtype=torch.long, device=self.device)
+        pos_t = torch.as_tensor(items[order], dtype=torch.long, device=self.device)
+        neg_t = torch.as_tensor(self.sampler.sample(users[order]), dtype=torch.long, device=self.device)
         size = self.config.batch_size
         steps = num_batches if num_batches is not None else -(-len(users) // size)
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.device)
         self.model.train()
         for step in range(steps):
             batch = slice((step * size) % max(len(users), 1), (step * size) % max(len(users), 1) + size)
@@ -183,14 +185,26 @@ class Trainer:
         return checkpoints.checkpoint_dict(self.model, epoch, metrics, self.dataset.fingerprint, asdict(self.config))
 
     def fit(self, callback: Callable[[EpochReport], None] | None = None,
-            checkpoint_path: str | Path | None = None) -> FitResult:
-        """Train with early stopping on validation nDCG@10; the model ends at its best epoch."""
+            checkpoint_path: str | Path | None = None, positives: Callable[[], tuple] | None = None,
+            num_batches: int | None = None, final_eval: bool = True, resume: dict | None = None) -> FitResult:
+        """Train with early stopping on validation nDCG@10; the model ends at its best epoch.
+
+        ``positives`` supplies each epoch's (users, items) training pairs (default: the whole
+        training split; the Ray adapter passes its worker's shard), ``num_batches`` fixes the
+        steps per epoch, ``final_eval`` adds validation and test metrics in both protocols, and
+        ``resume`` (a checkpoint dict) continues a run after its best epoch so far.
+        """
         started = time.perf_counter()
+        positives = positives or (lambda: (self.dataset.train_users, self.dataset.train_items))
         history, best_value, best_epoch, best_state = [], float("-inf"), 0, None
+        if resume is not None:
+            self.model.load_state_dict(resume["state_dict"])
+            best_value, best_epoch = resume["metrics"][MONITOR], resume["epoch"]
+            best_state = copy.deepcopy(self.model.state_dict())
         max_epochs = self.config.max_epochs if self.trainable else 1
-        for epoch in range(1, max_epochs + 1):
+        for epoch in range(best_epoch + 1, max_epochs + 1):
             epoch_start = time.perf_counter()
-            loss = self.train_epoch(self.dataset.train_users, self.dataset.train_items)
+            loss = self.train_epoch(*positives(), num_batches=num_batches)
             metrics = {"epoch": epoch, "loss": loss, **self.validate(), "seconds": time.perf_counter() - epoch_start}
             history.append(metrics)
             improved = metrics[MONITOR] > best_value
@@ -204,7 +218,8 @@ class Trainer:
             if epoch - best_epoch >= self.config.patience:
                 break
         self.model.load_state_dict(best_state)
-        final = {**self.final_metrics(), "seconds": time.perf_counter() - started, "best_epoch": best_epoch}
+        final = self.final_metrics() if final_eval else {}
+        final.update(seconds=time.perf_counter() - started, best_epoch=best_epoch)
         return FitResult(best_epoch, history, final)
 
 

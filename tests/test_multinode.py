@@ -1,0 +1,113 @@
+"""A real two-node Ray cluster on loopback addresses: trials land on both nodes, and losing a node mid-trial
+costs a restart from the trial's last checkpoint, never a finished trial."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+HEAD, WORKER = "127.0.0.2", "127.0.0.3"
+PORT = 6390
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def ray_start(*args: str) -> None:
+    ray = Path(sys.executable).with_name("ray")
+    done = subprocess.run([str(ray), "start", *args], env=ENV, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def node_processes(ip: str, temp_dir: Path) -> list[int]:
+    """Process ids of the Ray daemons and workers of the node at ``ip`` in this test's temp dir."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(temp_dir) in command and (f"={ip}" in command or f" {ip} " in command or f"node-ip-address={ip}" in command):
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    """A head on 127.0.0.2 and a worker node on 127.0.0.3, one CPU each; stops only these processes."""
+    temp_dir = Path("/tmp") / f"lrml-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
+    common = ["--num-cpus=1", "--disable-usage-stats"]
+    ray_start("--head", f"--port={PORT}", f"--node-ip-address={HEAD}", f"--temp-dir={temp_dir}",
+              "--include-dashboard=true", "--dashboard-port=8275", "--dashboard-agent-listen-port=52375",
+              "--metrics-export-port=8285", "--runtime-env-agent-port=52385", *common)
+    ray_start(f"--address={HEAD}:{PORT}", f"--node-ip-address={WORKER}", "--dashboard-agent-listen-port=52376",
+              "--metrics-export-port=8286", "--runtime-env-agent-port=52386", *common)
+    yield temp_dir
+    kill(node_processes(WORKER, temp_dir) + node_processes(HEAD, temp_dir))
+    everything = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                  if str(temp_dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()] if temp_dir.exists() else []
+    kill(everything)
+
+
+def search(storage: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "tune" / "search.py"), "--address", f"{HEAD}:{PORT}",
+            "--node-ip-address", HEAD, "--storage-path", str(storage), *extra]
+
+
+def trial_rows(experiment: Path) -> dict[str, list[dict]]:
+    rows = {}
+    for result in experiment.glob("run_trial_*/result.json"):
+        rows[result.parent.name.split("_")[2]] = [json.loads(line) for line in result.read_text().splitlines() if line]
+    return rows
+
+
+def test_trials_run_on_both_nodes_and_survive_losing_one(two_nodes, tmp_path):
+    refused = subprocess.run(search(tmp_path)[:-2] + ["--num-samples", "1"], env=ENV, capture_output=True,
+                             text=True, timeout=300, cwd=REPO)
+    assert refused.returncode != 0 and "pass --storage-path that every node can reach" in refused.stderr
+
+    storage = tmp_path / "shared"
+    done = subprocess.run(search(storage, "--num-samples", "4", "--max-epochs", "2", "--name", "spread"),
+                          env=ENV, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = trial_rows(storage / "spread")
+    nodes = {trial: {row["train_node_ip"] for row in trial_rows} for trial, trial_rows in rows.items()}
+    print("trial -> node:", json.dumps({trial: sorted(ips) for trial, ips in nodes.items()}))
+    assert len(rows) == 4 and set().union(*nodes.values()) == {HEAD, WORKER}
+
+    # the fault: kill the worker node while a trial trains there
+    running = subprocess.Popen(search(storage, "--num-samples", "2", "--max-epochs", "12", "--name", "fault"),
+                               env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    deadline, victim = time.time() + 300, None
+    while time.time() < deadline and victim is None:
+        for trial, trial_rows_ in trial_rows(storage / "fault").items():
+            if any(row["train_node_ip"] == WORKER and row["epoch"] >= 2 for row in trial_rows_):
+                victim = trial
+        time.sleep(0.5)
+    assert victim, "no trial trained on the worker node"
+    kill(node_processes(WORKER, two_nodes))
+    output, _ = running.communicate(timeout=600)
+    assert running.returncode == 0, output[-4000:]
+    rows = trial_rows(storage / "fault")
+    assert len(rows) == 2 and all(trial_rows_[-1]["done"] for trial_rows_ in rows.values())
+    epochs = [row["epoch"] for row in rows[victim]]
+    print(f"fault: trial {victim} reported epochs {epochs} on nodes {[row['train_node_ip'] for row in rows[victim]]}")
+    restarted = [i for i in range(1, len(epochs)) if epochs[i] <= epochs[i - 1]]
+    assert restarted and epochs[restarted[0]] > 1, epochs  # it went on from a checkpoint, not from epoch 1
+    assert rows[victim][-1]["train_node_ip"] == HEAD

@@ -1,0 +1,136 @@
+"""The distributed search on a real local Ray: end to end with best.py, 1 vs 2 workers, and --resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+
+from conftest import REPO
+from lrml import checkpoint
+from lrml.data import load_dataset, prepare
+from lrml.train import MONITOR
+
+TUNE = REPO / "tune"
+sys.path.insert(0, str(TUNE))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    process = subprocess.run([sys.executable, str(TUNE / script), *args], capture_output=True, text=True,
+                             timeout=timeout, cwd=REPO)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    return process
+
+
+def test_search_then_best_end_to_end(tmp_path):
+    storage = tmp_path / "ray"
+    search = run_script("search.py", "--num-samples", "4", "--max-epochs", "2", "--name", "e2e",
+                        "--storage-path", str(storage))
+    assert "best trial:" in search.stdout and "next: python tune/best.py" in search.stdout
+    settings = json.loads((storage / "e2e" / "lrml_search.json").read_text())
+    assert settings["trials"] == 4 and settings["errors"] == 0
+    assert 0 < settings["training_share"] < 1
+    # the authors' and the sketch's settings were the first two trials
+    configs = [json.loads(p.read_text()) for p in sorted(storage.glob("e2e/run_trial_*/params.json"))]
+    assert {c["reg_weight"] for c in configs} >= {0.01, 0.1}
+
+    out = tmp_path / "results"
+    run_script("best.py", str(storage / "e2e"), "--out", str(out), "--top-k", "2")
+    for name in ("summary.md", "trials.csv", "best_config.json", "evaluation.json",
+                 "optimization_history.png", "hyperparameters.png"):
+        assert (out / name).stat().st_size > 0, name
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 4 and trials[MONITOR].is_monotonic_decreasing
+    summary = (out / "summary.md").read_text()
+    for model in ("LRML (tuned)", "popularity", "BPR-MF", "CML"):
+        assert model in summary
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert [row["model"] for row in evaluation][:2] == ["LRML (tuned)"] * 2
+    # best.py's validation numbers of the best checkpoint are the ones the search reported
+    assert evaluation[0]["valid"]["sampled"]["ndcg@10"] == pytest.approx(trials[MONITOR].iloc[0], abs=1e-6)
+    best = json.loads((out / "best_config.json").read_text())
+    assert set(best) >= {"embedding_dim", "memory_size", "margin", "reg_weight", "lr", "batch_size"}
+
+    recommended = run_script("best.py", str(storage / "e2e"), "--recommend", "414").stdout.strip().splitlines()
+    assert len(recommended) == 10 and all("(" in line for line in recommended)  # titles with years
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(_node_ip_address="127.0.0.2", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def fit_workers(workers: int, path: Path) -> pd.DataFrame:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from lrml.distributed import train_loop_per_worker
+    from lrml.train import defaults
+    from dataclasses import asdict, replace
+
+    config = asdict(replace(defaults("lrml"), max_epochs=3))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": config, "dataset_path": str(path), "dataset": "ml-latest-small", "data_dir": None,
+                           "fingerprint": load_dataset(path).fingerprint, "threads": 1},
+        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.5}),
+        datasets={"train": ray.data.read_parquet(str(path / "train.parquet"))},
+        run_config=RunConfig(name=f"workers-{workers}", storage_path=str(path.parent / "train-runs")))
+    return trainer.fit().metrics_dataframe
+
+
+def test_two_workers_match_one_worker(local_ray, tmp_path):
+    path = prepare(out_dir=tmp_path / "small")
+    one, two = fit_workers(1, path), fit_workers(2, path)
+    assert list(one["epoch"]) == list(two["epoch"]) == [1, 2, 3]
+    total = load_dataset(path).manifest["counts"]["train"]
+    assert one["worker_pairs"].iloc[0] == total
+    assert two["workers"].iloc[0] == 2 and abs(two["worker_pairs"].iloc[0] - total / 2) <= 2
+    # the same global batch and the same validation users: the metric agrees within noise
+    assert abs(one[MONITOR].iloc[-1] - two[MONITOR].iloc[-1]) < 0.03, (one[MONITOR].tolist(), two[MONITOR].tolist())
+
+
+def test_resume_keeps_finished_trials(tmp_path):
+    storage = tmp_path / "ray"
+    args = [sys.executable, str(TUNE / "search.py"), "--num-samples", "4", "--max-epochs", "3", "--name", "resumable",
+            "--storage-path", str(storage)]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    experiment = storage / "resumable"
+    deadline = time.time() + 300
+    while time.time() < deadline and not finished_trials(experiment):
+        time.sleep(1)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves its state and stops
+    output, _ = process.communicate(timeout=180)
+    before = finished_trials(experiment)
+    assert before, output[-3000:]
+    assert len(before) < 4, "the search finished before it could be interrupted"
+    results_before = {trial: (experiment / folder / "result.json").read_text() for trial, folder in before.items()}
+
+    resumed = subprocess.run(args + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = finished_trials(experiment)
+    assert len(after) == 4
+    for trial, text in results_before.items():  # finished trials were kept, not run again
+        assert (experiment / after[trial] / "result.json").read_text() == text
+
+
+def finished_trials(experiment: Path) -> dict[str, str]:
+    """Trial id -> folder of each trial whose last reported row says it is done."""
+    done = {}
+    for result in experiment.glob("run_trial_*/result.json"):
+        lines = result.read_text().strip().splitlines()
+        if lines and json.loads(lines[-1]).get("done"):
+            done[result.parent.name.split("_")[2]] = result.parent.name
+    return done
