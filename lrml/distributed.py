@@ -51,7 +51,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     steps = math.ceil(len(dataset.train_users) / world / worker_config.batch_size)
 
     # reported with the metrics, so a run shows where it trained and each worker's share of the data
-    evidence = {"workers": world, "worker_pairs": 0, "train_node_ip": ray.util.get_node_ip_address()}
+    evidence = {"workers": world, "worker_pairs": 0, "train_node_ip": _node_ip()}
 
     def shard_positives() -> tuple[np.ndarray, np.ndarray]:
         parts = list(shard.iter_batches(batch_size=65536, batch_format="numpy"))
@@ -66,6 +66,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         trainer.validate = _broadcast_from_rank_zero(trainer.validate, device)
     trainer.fit(callback=lambda report: _report(report, evidence), positives=shard_positives,
                 num_batches=steps if world > 1 else None, final_eval=False, resume=_last_checkpoint())
+
+
+def _node_ip() -> str:
+    """The address of the Ray node this worker runs on (as the cluster registered it)."""
+    node_id = ray.get_runtime_context().get_node_id()
+    return next(node["NodeManagerAddress"] for node in ray.nodes() if node["NodeID"] == node_id)
 
 
 def _local_dataset(loop_config: dict) -> str:

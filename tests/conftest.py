@@ -12,6 +12,10 @@ ML_100K = SHARED_DATA / "ml-100k"
 ML_LATEST_SMALL = SHARED_DATA / "ml-latest-small"
 SEED_SKETCH = SHARED_DATA.parent / "reference" / "seed_lrml.py"
 
+# The tests start their own Ray clusters on loopback; processes joining them need no token.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
 
 def require(path: Path) -> Path:
     """Skip the test, saying why, when a file it reads is not on this machine."""

@@ -20,8 +20,6 @@ from lrml.train import MONITOR
 
 TUNE = REPO / "tune"
 sys.path.insert(0, str(TUNE))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -105,16 +103,18 @@ def test_resume_keeps_finished_trials(tmp_path):
     storage = tmp_path / "ray"
     args = [sys.executable, str(TUNE / "search.py"), "--num-samples", "4", "--max-epochs", "3", "--name", "resumable",
             "--storage-path", str(storage)]
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    log = open(tmp_path / "search.log", "w+")  # a file, not a pipe: Ray's output would fill a pipe and stall it
+    process = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
     experiment = storage / "resumable"
     deadline = time.time() + 300
     while time.time() < deadline and not finished_trials(experiment):
         time.sleep(1)
     process.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves its state and stops
-    output, _ = process.communicate(timeout=180)
+    process.wait(timeout=180)
+    log.seek(0)
     before = finished_trials(experiment)
-    assert before, output[-3000:]
+    assert before, log.read()[-3000:]
     assert len(before) < 4, "the search finished before it could be interrupted"
     results_before = {trial: (experiment / folder / "result.json").read_text() for trial, folder in before.items()}
 

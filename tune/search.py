@@ -36,6 +36,10 @@ from space import DEFAULT_SPACE, load_space, starting_points, tune_space  # noqa
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STORAGE = REPO / "results" / "ray"
+# Ray swaps 127.0.0.1 for the machine's network address; on Linux every 127.x.y.z is loopback, so a
+# local search registers on 127.0.0.2 and listens on nothing outside the machine. Elsewhere
+# (macOS has only 127.0.0.1), Ray chooses.
+LOCAL_NODE_IP = "127.0.0.2" if sys.platform.startswith("linux") else None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,12 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def connect(address: str | None, node_ip_address: str | None) -> None:
-    """Join the cluster at ``address``, or start a local Ray bound to loopback."""
+    """Join the cluster at ``address``, or start a local Ray that listens on loopback only."""
     runtime_env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}}
     if address:
         ray.init(address=address, runtime_env=runtime_env, _node_ip_address=node_ip_address)
     else:
-        ray.init(_node_ip_address=node_ip_address or "127.0.0.1", include_dashboard=True, runtime_env=runtime_env)
+        ray.init(_node_ip_address=node_ip_address or LOCAL_NODE_IP, include_dashboard=True, runtime_env=runtime_env)
 
 
 def check_storage(storage_path: str, given: bool) -> None:
