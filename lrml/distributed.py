@@ -57,7 +57,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         parts = list(shard.iter_batches(batch_size=65536, batch_format="numpy"))
         users, items = np.concatenate([p["user"] for p in parts]), np.concatenate([p["item"] for p in parts])
         if evidence["worker_pairs"] == 0:
-            print(f"worker rank {rank} of {world} (pid {os.getpid()}, node {evidence['train_node_ip']}): "
+            print(f"run {context.get_experiment_name()}: worker rank {rank} of {world} (pid {os.getpid()}, "
+                  f"node {evidence['train_node_ip']}): "
                   f"{len(users)} training pairs, {steps} steps of {worker_config.batch_size} per epoch", flush=True)
         evidence["worker_pairs"] = len(users)
         return users, items

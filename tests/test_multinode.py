@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,18 +92,19 @@ def test_trials_run_on_both_nodes_and_survive_losing_one(two_nodes, tmp_path):
     print("trial -> node:", json.dumps({trial: sorted(ips) for trial, ips in nodes.items()}))
     assert len(rows) == 4 and set().union(*nodes.values()) == {HEAD, WORKER}
 
-    # the fault: kill the worker node while a trial trains there
+    # the fault: kill the worker node while a trial trains there, once that trial has a checkpoint
     log = open(tmp_path / "fault.log", "w+")  # a file, not a pipe: Ray's output would fill a pipe and stall the search
-    # --grace-period 12: ASHA stops no trial early, so the one we hit is still training when its node dies
-    running = subprocess.Popen(search(storage, "--num-samples", "2", "--max-epochs", "12", "--grace-period", "12",
+    # --grace-period 30: ASHA stops no trial early, so the one we hit is still training when its node dies
+    running = subprocess.Popen(search(storage, "--num-samples", "2", "--max-epochs", "30", "--grace-period", "30",
                                       "--name", "fault"),
                                env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     deadline, victim = time.time() + 300, None
     while time.time() < deadline and victim is None:
-        for trial, trial_rows_ in trial_rows(storage / "fault").items():
-            if any(row["train_node_ip"] == WORKER and row["epoch"] >= 2 for row in trial_rows_):
-                victim = trial
-        time.sleep(0.5)
+        log.seek(0)
+        found = re.search(rf"run (\w+): worker rank 0 of 1 \(pid \d+, node {re.escape(WORKER)}\)", log.read())
+        if found and any((storage / "fault" / "train" / found.group(1)).glob("checkpoint_*")):
+            victim = found.group(1)
+        time.sleep(0.2)
     assert victim, "no trial trained on the worker node"
     kill(node_processes(WORKER, two_nodes))
     running.wait(timeout=600)
