@@ -164,7 +164,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         self.model.train()
         for step in range(steps):
-            batch = slice((step * size) % max(len(users), 1), (step * size) % max(len(users), 1) + size)
+            start = (step * size) % max(len(users), 1)  # wraps around when a short shard must match its peers' steps
+            batch = slice(start, start + size)
             self.optimizer.zero_grad()
             loss = self.network(users_t[batch], pos_t[batch], neg_t[batch])
             loss.backward()

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from experiment import Experiment, local_copy_dir
@@ -53,7 +54,7 @@ def recommend(model, dataset: Dataset, raw_user: int, k: int = 10) -> list[tuple
 
 
 def load_items(dataset: Dataset) -> list[tuple[int, str]]:
-    import pandas as pd
+    """(raw item id, title) per item index."""
     frame = pd.read_parquet(dataset.path / "items.parquet")
     titles = frame["title"] if "title" in frame else [""] * len(frame)
     return list(zip(frame["raw_id"].tolist(), titles))
@@ -100,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else REPO / "results" / experiment.name
     searched = list(settings["space"])
     table = experiment.table()
-    table["trial_order"] = range(len(table))
     order = {trial.trial_id: i for i, trial in enumerate(experiment.analysis.trials)}
     table["trial_order"] = table["trial_id"].map(order)
     write_tables(out, table.drop(columns="trial_order"), {**rows[0]["config"], "trial": rows[0]["trial"],

@@ -97,6 +97,7 @@ def write_plots(out: Path, table: pd.DataFrame, searched: list[str], popularity_
         axis.set_visible(False)
     for axis in axes[:, 0]:
         axis.set_ylabel("validation nDCG@10")
+    figure.subplots_adjust(hspace=0.45)
     figure.colorbar(points, ax=axes, label="epochs trained (ASHA stops weak trials early)")
     figure.suptitle(f"{out.name}: each trial's best validation nDCG@10 by hyperparameter")
     figure.savefig(out / "hyperparameters.png", dpi=110)
