@@ -29,13 +29,10 @@ class Evaluator:
         self._valid_item_of = dict(zip(dataset.valid_users.tolist(), dataset.valid_items.tolist()))
 
     @torch.no_grad()
-    def evaluate(self, model: Recommender, part: str, protocols: tuple[str, ...] = PROTOCOLS,
-                 users: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    def evaluate(self, model: Recommender, part: str,
+                 protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, dict[str, float]]:
         """``{"sampled": {"hr@10": ..., "ndcg@10": ..., "mrr": ...}, "full": {...}}`` for ``part``."""
         eval_users, targets, candidates = self.dataset.split_arrays(part)
-        if users is not None:  # a subset, e.g. one worker's share
-            keep = np.isin(eval_users, users)
-            eval_users, targets, candidates = eval_users[keep], targets[keep], candidates[keep]
         was_training = model.training
         model.eval()
         device = next(iter(model.state_dict().values())).device

@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from experiment import Experiment, local_copy_dir
@@ -49,15 +48,7 @@ def recommend(model, dataset: Dataset, raw_user: int, k: int = 10) -> list[tuple
     seen = np.concatenate([dataset.train_items[dataset.train_users == user],
                            dataset.valid_items[dataset.valid_users == user], dataset.test_items[dataset.test_users == user]])
     top = model.recommend(torch.tensor([user]), k=k, exclude=[seen])[0].tolist()
-    items = load_items(dataset)
-    return [(int(items[i][0]), items[i][1]) for i in top]
-
-
-def load_items(dataset: Dataset) -> list[tuple[int, str]]:
-    """(raw item id, title) per item index."""
-    frame = pd.read_parquet(dataset.path / "items.parquet")
-    titles = frame["title"] if "title" in frame else [""] * len(frame)
-    return list(zip(frame["raw_id"].tolist(), titles))
+    return [(int(dataset.item_raw_ids[i]), dataset.item_titles[i] or "") for i in top]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -202,6 +202,7 @@ class Dataset:
     valid_candidates: np.ndarray  # (len(valid_users), num_candidates), rows aligned with valid_users
     test_candidates: np.ndarray
     item_titles: list[str | None] = field(repr=False, default_factory=list)
+    item_raw_ids: np.ndarray = field(repr=False, default=None)
     user_raw_ids: np.ndarray = field(repr=False, default=None)
 
     @property
@@ -259,4 +260,4 @@ def load_dataset(path: str | Path) -> Dataset:
     (user_raw_ids,) = columns("users.parquet", "raw_id")
     return Dataset(path, manifest, train_users, train_items, valid_users, valid_items, test_users, test_items,
                    valid_cands.reshape(-1, num_candidates), test_cands.reshape(-1, num_candidates),
-                   item_titles=titles, user_raw_ids=user_raw_ids)
+                   item_titles=titles, item_raw_ids=items["raw_id"].to_numpy(), user_raw_ids=user_raw_ids)
