@@ -25,20 +25,21 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from lrml import checkpoint as checkpoints
-from lrml.data import load_dataset, prepare
+from lrml.data import Dataset, load_dataset, prepare
 from lrml.train import MONITOR, EpochReport, Trainer, TrainConfig
 
 CHECKPOINT_FILE = "model.pt"
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train entry point; ``loop_config`` holds ``train`` (TrainConfig fields), ``dataset_path``, ``threads``."""
+    """Ray Train entry point; ``loop_config`` holds ``train`` (TrainConfig fields), the dataset
+    (``dataset_path``, ``dataset``, ``data_dir``, ``fingerprint``), ``threads`` and ``use_gpu``."""
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(loop_config.get("threads", 1))
     use_gpu = torch.cuda.is_available() and loop_config.get("use_gpu", False)
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
-    dataset = load_dataset(_local_dataset(loop_config))
+    dataset = _local_dataset(loop_config)
     config = TrainConfig(**loop_config["train"])
     # the global batch stays batch_size whatever the worker count
     worker_config = replace(config, batch_size=max(1, math.ceil(config.batch_size / world)))
@@ -75,16 +76,16 @@ def _node_ip() -> str:
     return next(node["NodeManagerAddress"] for node in ray.nodes() if node["NodeID"] == node_id)
 
 
-def _local_dataset(loop_config: dict) -> str:
+def _local_dataset(loop_config: dict) -> Dataset:
     """The prepared dataset on this node: the driver's folder if visible here, else prepared again here."""
     path = loop_config["dataset_path"]
     if not Path(path, "manifest.json").exists():
         path = str(prepare(loop_config["dataset"], loop_config.get("data_dir"), progress=False))
-    fingerprint = load_dataset(path).fingerprint
-    if fingerprint != loop_config["fingerprint"]:
-        raise RuntimeError(f"dataset at {path} on this node has fingerprint {fingerprint}, the search's is "
+    dataset = load_dataset(path)
+    if dataset.fingerprint != loop_config["fingerprint"]:
+        raise RuntimeError(f"dataset at {path} on this node has fingerprint {dataset.fingerprint}, the search's is "
                            f"{loop_config['fingerprint']}")
-    return path
+    return dataset
 
 
 def _last_checkpoint() -> dict | None:

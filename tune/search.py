@@ -27,7 +27,7 @@ from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
-from lrml.data import SplitParams, load_dataset, prepare  # noqa: E402
+from lrml.data import Dataset, SplitParams, load_dataset, prepare  # noqa: E402
 from lrml.distributed import TrialSettings, run_trial  # noqa: E402
 from lrml.train import MONITOR, defaults  # noqa: E402
 from experiment import write_search_file  # noqa: E402
@@ -108,21 +108,20 @@ def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
-def build_tuner(args: argparse.Namespace, dataset_path: Path) -> tuple[tune.Tuner, int]:
+def build_tuner(args: argparse.Namespace, dataset: Dataset, experiment: str) -> tuple[tune.Tuner, int]:
     """The Tuner (Optuna TPE from the published starting points, ASHA on validation nDCG@10 each epoch)
     and how many trials it runs at once."""
     spec = load_space(args.space)
     plan = plan_resources(ray.cluster_resources(), args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker)
     fixed = asdict(replace(defaults("lrml"), max_epochs=args.max_epochs, seed=args.seed))
     fixed = {name: value for name, value in fixed.items() if name not in spec}
-    fingerprint = load_dataset(dataset_path).fingerprint
-    settings = TrialSettings(str(dataset_path), args.dataset, args.data_dir, fingerprint, fixed, plan.workers, plan.worker_resources, plan.gpus_per_worker > 0,
-                             plan.torch_threads, f"{args.storage_path.rstrip('/')}/{args.name}/train", args.max_failures)
+    settings = TrialSettings(str(dataset.path), args.dataset, args.data_dir, dataset.fingerprint, fixed, plan.workers,
+                             plan.worker_resources, plan.gpus_per_worker > 0, plan.torch_threads,
+                             f"{experiment}/train", args.max_failures)
     # every trial trains on the same rows: read train.parquet once, not once per trial
-    train_data = ray.data.read_parquet(str(dataset_path / "train.parquet")).materialize()
+    train_data = ray.data.read_parquet(str(dataset.path / "train.parquet")).materialize()
     trainable = tune.with_resources(tune.with_parameters(run_trial, train_data=train_data, settings=settings),
                                     {"CPU": TRIAL_CPU})
-    experiment = f"{args.storage_path.rstrip('/')}/{args.name}"
     print(f"{plan.concurrency} trial(s) at a time, each {plan.workers} worker(s) x {plan.cpus_per_worker:g} CPU"
           f"{f' x {plan.gpus_per_worker:g} GPU' if plan.gpus_per_worker else ''}; experiment {experiment}", flush=True)
     if args.resume:
@@ -166,17 +165,17 @@ def summarize(results: tune.ResultGrid, wall_seconds: float, concurrency: int) -
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    dataset_path = prepare(args.dataset, args.data_dir, params=SplitParams())
-    counts = load_dataset(dataset_path).manifest["counts"]
+    dataset = load_dataset(prepare(args.dataset, args.data_dir, params=SplitParams()))
+    counts = dataset.manifest["counts"]
     print(f"{args.dataset}: {counts['users']} users, {counts['items']} items, {counts['train']} training pairs", flush=True)
     experiment = f"{args.storage_path.rstrip('/')}/{args.name}"
-    settings = {"dataset": args.dataset, "data_dir": args.data_dir, "dataset_path": str(dataset_path),
+    settings = {"dataset": args.dataset, "data_dir": args.data_dir, "dataset_path": str(dataset.path),
                 "experiment": experiment, "max_epochs": args.max_epochs, "seed": args.seed,
                 "workers_per_trial": args.workers_per_trial, "num_samples": args.num_samples, "space": load_space(args.space)}
     connect(args.address, args.node_ip_address)
     try:
         check_storage(args.storage_path, args.storage_given)
-        tuner, concurrency = build_tuner(args, dataset_path)
+        tuner, concurrency = build_tuner(args, dataset, experiment)
         if not args.resume:
             write_search_file(experiment, settings)
         results = tuner.fit()
