@@ -29,6 +29,20 @@ def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.Comple
     return process
 
 
+def test_resource_plan_fills_the_cluster_without_stranding_cpu():
+    from resources import TRIAL_RESOURCES, plan_resources
+
+    laptop = plan_resources({"CPU": 2.0}, workers=1, cpus_per_worker=1, gpus_per_worker=0)
+    assert laptop.concurrency == 2 and laptop.worker_resources == {"CPU": 1}
+    # a trial function asking for any CPU would leave a 1-CPU node unable to host a 1-CPU worker
+    assert TRIAL_RESOURCES["CPU"] == 0 and TRIAL_RESOURCES["memory"] > 0
+    gpu_node = plan_resources({"CPU": 16.0, "GPU": 1.0}, workers=2, cpus_per_worker=2, gpus_per_worker=0.25)
+    assert gpu_node.concurrency == 2 and gpu_node.worker_resources == {"CPU": 2, "GPU": 0.25}
+    assert plan_resources({"CPU": 3.0}, workers=1, cpus_per_worker=1.5, gpus_per_worker=0).torch_threads == 1
+    with pytest.raises(ValueError, match="the cluster has 2 CPU and 0 GPU"):
+        plan_resources({"CPU": 2.0}, workers=2, cpus_per_worker=1, gpus_per_worker=1)
+
+
 def test_search_then_best_end_to_end(tmp_path):
     storage = tmp_path / "ray"
     search = run_script("search.py", "--num-samples", "4", "--max-epochs", "2", "--name", "e2e",

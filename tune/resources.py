@@ -1,17 +1,19 @@
 """Per-trial resources and trial concurrency, computed from what the Ray cluster has.
 
-A trial is a light Tune function (``TRIAL_CPU``) that launches a TorchTrainer of
-``workers`` workers. The trial's own sliver of CPU is carved out of its workers' share, so a
-trial costs exactly ``workers * cpus_per_worker`` CPUs and two 1-CPU trials fit on a 2-CPU
-laptop. The training data is materialised once before the search, so no Ray Data read competes
-with the workers for CPUs while trials run.
+A trial is a light Tune function that launches a TorchTrainer of ``workers`` workers. The
+function reserves no CPU, only a little memory (``TRIAL_RESOURCES``: Ray needs a non-empty
+request), so a trial costs exactly ``workers * cpus_per_worker`` CPUs wherever its function
+lands. Giving the function even 0.01 CPU fragments nodes: two trial functions on one 1-CPU node
+leave 0.98 CPU there, too little for a 1-CPU worker, and trials queue behind each other.
+The training data is materialised once before the search, so no Ray Data read competes with
+the workers for CPUs while trials run.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-TRIAL_CPU = 0.01  # Ray rejects 0; the trial function only waits on its TorchTrainer
+TRIAL_RESOURCES = {"CPU": 0, "memory": 128 * 2**20}  # the trial function only waits on its TorchTrainer
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class ResourcePlan:
 
     @property
     def worker_resources(self) -> dict[str, float]:
-        resources = {"CPU": self.cpus_per_worker - TRIAL_CPU / self.workers}
+        resources = {"CPU": self.cpus_per_worker}
         if self.gpus_per_worker:
             resources["GPU"] = self.gpus_per_worker
         return resources
@@ -38,8 +40,8 @@ class ResourcePlan:
 def plan_resources(cluster: dict[str, float], workers: int, cpus_per_worker: float,
                    gpus_per_worker: float) -> ResourcePlan:
     """Concurrency that never over-asks the cluster; a trial that cannot fit at all is an error."""
-    if workers < 1 or cpus_per_worker <= TRIAL_CPU or gpus_per_worker < 0:
-        raise ValueError(f"need workers >= 1, cpus_per_worker > {TRIAL_CPU}, gpus_per_worker >= 0; "
+    if workers < 1 or cpus_per_worker <= 0 or gpus_per_worker < 0:
+        raise ValueError(f"need workers >= 1, cpus_per_worker > 0, gpus_per_worker >= 0; "
                          f"got {workers}, {cpus_per_worker}, {gpus_per_worker}")
     cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
     fits = math.floor(cpus / (workers * cpus_per_worker) + 1e-9)

@@ -31,7 +31,7 @@ from lrml.data import Dataset, SplitParams, load_dataset, prepare  # noqa: E402
 from lrml.distributed import TrialSettings, run_trial  # noqa: E402
 from lrml.train import MONITOR, defaults  # noqa: E402
 from experiment import write_search_file  # noqa: E402
-from resources import TRIAL_CPU, plan_resources  # noqa: E402
+from resources import TRIAL_RESOURCES, plan_resources  # noqa: E402
 from space import DEFAULT_SPACE, load_space, starting_points, tune_space  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def build_tuner(args: argparse.Namespace, dataset: Dataset, experiment: str) -> 
     # every trial trains on the same rows: read train.parquet once, not once per trial
     train_data = ray.data.read_parquet(str(dataset.path / "train.parquet")).materialize()
     trainable = tune.with_resources(tune.with_parameters(run_trial, train_data=train_data, settings=settings),
-                                    {"CPU": TRIAL_CPU})
+                                    TRIAL_RESOURCES)
     print(f"{plan.concurrency} trial(s) at a time, each {plan.workers} worker(s) x {plan.cpus_per_worker:g} CPU"
           f"{f' x {plan.gpus_per_worker:g} GPU' if plan.gpus_per_worker else ''}; experiment {experiment}", flush=True)
     if args.resume:
