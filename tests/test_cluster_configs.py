@@ -77,3 +77,8 @@ def test_rayjob_manifest_runs_a_valid_search():
     import search  # tune/ is on pytest's pythonpath (pyproject.toml)
     args = search.parse_args(words[2:])
     assert args.address == "auto" and args.storage_path.startswith("s3://") and args.num_samples == 64
+    # the workers scale from zero, so the search is told its concurrency, and the GPUs it asks for fit
+    (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
+    gpus = group["maxReplicas"] * int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    assert group["minReplicas"] == 0 and args.concurrency == 4
+    assert args.concurrency * args.workers_per_trial * args.gpus_per_worker <= gpus

@@ -1,5 +1,6 @@
-"""A real two-node Ray cluster on loopback addresses: trials land on both nodes, and losing a node mid-trial
-costs a restart from the trial's last checkpoint, never a finished trial."""
+"""A real two-node Ray cluster on loopback addresses: trials land on both nodes, losing a node mid-trial
+costs a restart from the trial's last checkpoint, never a finished trial, and a cluster that starts
+with no room for a trial runs the search once a node joins."""
 from __future__ import annotations
 
 import json
@@ -50,20 +51,39 @@ def kill(pids: list[int]) -> None:
 
 
 @pytest.fixture
-def two_nodes(tmp_path):
-    """A head on 127.0.0.2 and a worker node on 127.0.0.3, one CPU each; stops only these processes."""
+def ray_node():
+    """Starts Ray nodes on loopback (the head on 127.0.0.2 first); afterwards stops only these processes."""
     temp_dir = Path("/tmp") / f"lrml-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
-    common = ["--num-cpus=1", "--disable-usage-stats"]
-    ray_start("--head", f"--port={PORT}", f"--node-ip-address={HEAD}", f"--temp-dir={temp_dir}",
-              "--include-dashboard=true", "--dashboard-port=8275", "--dashboard-agent-listen-port=52375",
-              "--metrics-export-port=8285", "--runtime-env-agent-port=52385", *common)
-    ray_start(f"--address={HEAD}:{PORT}", f"--node-ip-address={WORKER}", "--dashboard-agent-listen-port=52376",
-              "--metrics-export-port=8286", "--runtime-env-agent-port=52386", *common)
-    yield temp_dir
+
+    def start(ip: str, cpus: int) -> Path:
+        common = [f"--num-cpus={cpus}", "--disable-usage-stats", f"--node-ip-address={ip}"]
+        if ip == HEAD:
+            ray_start("--head", f"--port={PORT}", f"--temp-dir={temp_dir}", "--include-dashboard=true",
+                      "--dashboard-port=8275", "--dashboard-agent-listen-port=52375", "--metrics-export-port=8285",
+                      "--runtime-env-agent-port=52385", *common)
+        else:
+            ray_start(f"--address={HEAD}:{PORT}", "--dashboard-agent-listen-port=52376", "--metrics-export-port=8286",
+                      "--runtime-env-agent-port=52386", *common)
+        return temp_dir
+
+    yield start
     kill(node_processes(WORKER, temp_dir) + node_processes(HEAD, temp_dir))
     everything = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
                   if str(temp_dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()] if temp_dir.exists() else []
     kill(everything)
+
+
+@pytest.fixture
+def two_nodes(ray_node):
+    """A head on 127.0.0.2 and a worker node on 127.0.0.3, one CPU each."""
+    ray_node(HEAD, 1)
+    return ray_node(WORKER, 1)
+
+
+def read(log) -> str:
+    """Everything written so far to a search's log file."""
+    log.seek(0)
+    return log.read()
 
 
 def search(storage: Path, *extra: str) -> list[str]:
@@ -100,16 +120,14 @@ def test_trials_run_on_both_nodes_and_survive_losing_one(two_nodes, tmp_path):
                                env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     deadline, victim = time.time() + 300, None
     while time.time() < deadline and victim is None:
-        log.seek(0)
-        found = re.search(rf"run (\w+): worker rank 0 of 1 \(pid \d+, node {re.escape(WORKER)}\)", log.read())
+        found = re.search(rf"run (\w+): worker rank 0 of 1 \(pid \d+, node {re.escape(WORKER)}\)", read(log))
         if found and any((storage / "fault" / "train" / found.group(1)).glob("checkpoint_*")):
             victim = found.group(1)
         time.sleep(0.2)
     assert victim, "no trial trained on the worker node"
     kill(node_processes(WORKER, two_nodes))
     running.wait(timeout=600)
-    log.seek(0)
-    output = log.read()
+    output = read(log)
     assert running.returncode == 0 and "2 trials (0 errors)" in output, output[-4000:]
     rows = trial_rows(storage / "fault")
     assert len(rows) == 2
@@ -118,3 +136,28 @@ def test_trials_run_on_both_nodes_and_survive_losing_one(two_nodes, tmp_path):
     on_head = [row["epoch"] for row in rows[victim] if row["train_node_ip"] == HEAD]
     assert on_head and min(on_head) > 1, epochs  # moved to the surviving node and went on from a checkpoint
     assert rows[victim][-1]["train_node_ip"] == HEAD
+
+
+def test_a_cluster_that_scales_from_zero_gets_its_trials_once_nodes_join(ray_node, tmp_path):
+    """As on the cloud launchers: a head with no CPU for workers; a node joins once the search waits."""
+    ray_node(HEAD, 0)
+    storage = tmp_path / "shared"
+    refused = subprocess.run(search(storage, "--num-samples", "1"), env=ENV, capture_output=True, text=True,
+                             timeout=300, cwd=REPO)
+    assert refused.returncode != 0 and "the cluster has 0 CPU and 0 GPU now" in refused.stderr, refused.stderr[-2000:]
+    assert "pass --concurrency N" in refused.stderr
+
+    log = open(tmp_path / "scale.log", "w+")
+    running = subprocess.Popen(search(storage, "--num-samples", "2", "--max-epochs", "2", "--concurrency", "2",
+                                      "--name", "scale"),
+                               env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    deadline = time.time() + 300
+    while time.time() < deadline and "wait for the autoscaler" not in read(log):
+        assert running.poll() is None, read(log)[-4000:]
+        time.sleep(0.5)
+    ray_node(WORKER, 2)  # what the autoscaler would do: a node with room for both trials
+    running.wait(timeout=600)
+    output = read(log)
+    assert running.returncode == 0 and "2 trials (0 errors)" in output, output[-4000:]
+    nodes = {row["train_node_ip"] for rows in trial_rows(storage / "scale").values() for row in rows}
+    assert nodes == {WORKER}

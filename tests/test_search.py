@@ -39,8 +39,13 @@ def test_resource_plan_fills_the_cluster_without_stranding_cpu():
     gpu_node = plan_resources({"CPU": 16.0, "GPU": 1.0}, workers=2, cpus_per_worker=2, gpus_per_worker=0.25)
     assert gpu_node.concurrency == 2 and gpu_node.worker_resources == {"CPU": 2, "GPU": 0.25}
     assert plan_resources({"CPU": 3.0}, workers=1, cpus_per_worker=1.5, gpus_per_worker=0).torch_threads == 1
-    with pytest.raises(ValueError, match="the cluster has 2 CPU and 0 GPU"):
+    with pytest.raises(ValueError, match="the cluster has 2 CPU and 0 GPU now .* pass --concurrency"):
         plan_resources({"CPU": 2.0}, workers=2, cpus_per_worker=1, gpus_per_worker=1)
+    # a cluster that autoscales from zero GPU workers: the user's concurrency stands
+    scaling = plan_resources({"CPU": 4.0}, workers=2, cpus_per_worker=2, gpus_per_worker=1, concurrency=4)
+    assert (scaling.concurrency, scaling.fits_now) == (4, 0)
+    with pytest.raises(ValueError, match="concurrency must be at least 1; got 0"):
+        plan_resources({"CPU": 2.0}, workers=1, cpus_per_worker=1, gpus_per_worker=0, concurrency=0)
 
 
 def test_search_then_best_end_to_end(tmp_path):

@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (data parallel)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--concurrency", type=int,
+                        help="trials at once (default: as many as the cluster holds now; set it on a cluster that "
+                             "autoscales, which then adds the nodes these trials need)")
     parser.add_argument("--space", default=str(DEFAULT_SPACE), help="search space JSON (default tune/space.json)")
     parser.add_argument("--grace-period", type=int, default=2, help="epochs every trial gets before ASHA may stop it")
     parser.add_argument("--max-failures", type=int, default=2,
@@ -112,7 +115,16 @@ def build_tuner(args: argparse.Namespace, dataset: Dataset, experiment: str) -> 
     """The Tuner (Optuna TPE from the published starting points, ASHA on validation nDCG@10 each epoch)
     and how many trials it runs at once."""
     spec = load_space(args.space)
-    plan = plan_resources(ray.cluster_resources(), args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker)
+    try:
+        plan = plan_resources(ray.cluster_resources(), args.workers_per_trial, args.cpus_per_worker,
+                              args.gpus_per_worker, args.concurrency)
+    except ValueError as error:
+        sys.exit(f"search.py: {error}")
+    print(f"{plan.concurrency} trial(s) at a time, each {plan.workers} worker(s) x {plan.cpus_per_worker:g} CPU"
+          f"{f' x {plan.gpus_per_worker:g} GPU' if plan.gpus_per_worker else ''}; experiment {experiment}", flush=True)
+    if plan.fits_now < plan.concurrency:
+        print(f"the cluster holds {plan.fits_now} such trial(s) now; the rest, and reading the data, "
+              "wait for the autoscaler", flush=True)
     fixed = asdict(replace(defaults("lrml"), max_epochs=args.max_epochs, seed=args.seed))
     fixed = {name: value for name, value in fixed.items() if name not in spec}
     settings = TrialSettings(str(dataset.path), args.dataset, args.data_dir, dataset.fingerprint, fixed, plan.workers,
@@ -122,8 +134,6 @@ def build_tuner(args: argparse.Namespace, dataset: Dataset, experiment: str) -> 
     train_data = ray.data.read_parquet(str(dataset.path / "train.parquet")).materialize()
     trainable = tune.with_resources(tune.with_parameters(run_trial, train_data=train_data, settings=settings),
                                     TRIAL_RESOURCES)
-    print(f"{plan.concurrency} trial(s) at a time, each {plan.workers} worker(s) x {plan.cpus_per_worker:g} CPU"
-          f"{f' x {plan.gpus_per_worker:g} GPU' if plan.gpus_per_worker else ''}; experiment {experiment}", flush=True)
     if args.resume:
         if not tune.Tuner.can_restore(experiment):
             sys.exit(f"--resume: no search to resume at {experiment}")
