@@ -38,8 +38,8 @@ def save(checkpoint: dict, path: str | Path) -> Path:
     return path
 
 
-def load(path: str | Path, expected_fingerprint: str | None = None) -> tuple[Recommender, dict]:
-    """The model stored at ``path`` (in eval mode) and the checkpoint dict it came from."""
+def read(path: str | Path, expected_fingerprint: str | None = None) -> dict:
+    """The checkpoint dict at ``path``, refused if it is not an lrml checkpoint of this version and dataset."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise ValueError(f"{path}: not an lrml checkpoint")
@@ -48,6 +48,12 @@ def load(path: str | Path, expected_fingerprint: str | None = None) -> tuple[Rec
     if expected_fingerprint and checkpoint["dataset_fingerprint"] != expected_fingerprint:
         raise ValueError(f"{path}: trained on dataset {checkpoint['dataset_fingerprint']}, "
                          f"not the given dataset {expected_fingerprint}")
+    return checkpoint
+
+
+def load(path: str | Path, expected_fingerprint: str | None = None) -> tuple[Recommender, dict]:
+    """The model stored at ``path`` (in eval mode) and the checkpoint dict it came from."""
+    checkpoint = read(path, expected_fingerprint)
     model_class, config_class = MODEL_CLASSES[checkpoint["model_class"]]
     model = model_class(config_class(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["state_dict"])

@@ -67,7 +67,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if world > 1:
         trainer.validate = _broadcast_from_rank_zero(trainer.validate, device)
     trainer.fit(callback=lambda report: _report(report, evidence), positives=shard_positives,
-                num_batches=steps if world > 1 else None, final_eval=False, resume=_last_checkpoint())
+                num_batches=steps if world > 1 else None, final_eval=False,
+                resume=_last_checkpoint(dataset.fingerprint))
 
 
 def _node_ip() -> str:
@@ -88,13 +89,13 @@ def _local_dataset(loop_config: dict) -> Dataset:
     return dataset
 
 
-def _last_checkpoint() -> dict | None:
+def _last_checkpoint(fingerprint: str) -> dict | None:
     """The checkpoint a restarted trial continues from (Ray Train hands back the last one reported)."""
     found = ray.train.get_checkpoint()
     if found is None:
         return None
     with found.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        return checkpoints.read(Path(folder) / CHECKPOINT_FILE, expected_fingerprint=fingerprint)
 
 
 def _broadcast_from_rank_zero(validate, device):

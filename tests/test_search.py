@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,6 @@ import pytest
 import ray
 
 from conftest import REPO
-from lrml import checkpoint
 from lrml.data import load_dataset, prepare
 from lrml.train import MONITOR
 

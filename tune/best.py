@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from experiment import Experiment, local_copy_dir
+from experiment import Experiment
 from lrml import checkpoint
 from lrml.data import Dataset, load_dataset, prepare
 from lrml.evaluate import Evaluator
@@ -64,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     if not experiment.trials:
         sys.exit(f"{experiment.location}: no trial reported validation metrics yet")
     dataset = load_dataset(prepare(settings["dataset"], settings.get("data_dir"), progress=False))
-    scratch = local_copy_dir()
     chosen = experiment.trials[:args.top_k]
-    models = [checkpoint.load(experiment.fetch_checkpoint(trial, scratch), expected_fingerprint=dataset.fingerprint)[0]
-              for trial in chosen]
+    with tempfile.TemporaryDirectory(prefix="lrml-best-") as scratch:  # cloud checkpoints are copied here to load
+        models = [checkpoint.load(experiment.fetch_checkpoint(trial, Path(scratch)),
+                                  expected_fingerprint=dataset.fingerprint)[0] for trial in chosen]
     if args.recommend is not None:
         for raw_id, title in recommend(models[0], dataset, args.recommend):
             print(f"{raw_id:>7}  {title}")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,16 @@ from lrml.distributed import CHECKPOINT_FILE
 from lrml.train import MONITOR
 
 SEARCH_FILE = "lrml_search.json"
+
+
+def best_epoch_row(frame: pd.DataFrame) -> pd.Series:
+    """The reported epoch with the highest validation nDCG@10."""
+    return frame.loc[frame[MONITOR].idxmax()]
+
+
+def valid_metrics(row: pd.Series) -> dict[str, float]:
+    """The validation metrics of one reported epoch."""
+    return {k: float(row[k]) for k in row.index if k.startswith("valid/")}
 
 
 @dataclass
@@ -61,12 +70,11 @@ class Experiment:
             frame = frames.get(trial.trial_id)
             if frame is None or MONITOR not in frame or frame[MONITOR].isna().all():
                 continue
-            best = frame.loc[frame[MONITOR].idxmax()]
+            best = best_epoch_row(frame)
             checkpoint = best.get("checkpoint_path")
             summaries.append(TrialSummary(
                 trial.trial_id, dict(trial.config), trial.status, int(frame["epoch"].max()), int(best["epoch"]),
-                {k: float(best[k]) for k in frame.columns if k.startswith("valid/")},
-                checkpoint if isinstance(checkpoint, str) else None))
+                valid_metrics(best), checkpoint if isinstance(checkpoint, str) else None))
         return sorted(summaries, key=lambda s: s.valid[MONITOR], reverse=True)
 
     def table(self) -> pd.DataFrame:
@@ -83,10 +91,6 @@ class Experiment:
         with self.filesystem.open_input_stream(source) as reader, open(target, "wb") as writer:
             shutil.copyfileobj(reader, writer)
         return target
-
-
-def local_copy_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="lrml-best-"))
 
 
 def write_search_file(experiment: str, content: dict) -> None:

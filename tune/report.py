@@ -57,9 +57,9 @@ def importances(table: pd.DataFrame, searched: list[str]) -> dict[str, float]:
     if len(table) < 4:
         return {}
     study = optuna.create_study(direction="maximize")
+    distributions = {name: _distribution(table[name]) for name in searched}
     for _, row in table.iterrows():
         params = {name: row[name] for name in searched}
-        distributions = {name: _distribution(table[name]) for name in searched}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(row[MONITOR])))
     return optuna.importance.get_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
 

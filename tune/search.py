@@ -2,7 +2,8 @@
 
     python tune/search.py --num-samples 64                       # local Ray, bundled ml-latest-small
     python tune/search.py --dataset ml-100k --data-dir DIR --num-samples 16
-    python tune/search.py --address auto --storage-path s3://bucket/lrml --workers-per-trial 2 --gpus-per-worker 1
+    python tune/search.py --address auto --storage-path s3://bucket/lrml --workers-per-trial 2 --gpus-per-worker 1 \
+        --concurrency 4         # a cluster that autoscales from zero: how many trials at once
 
 It ends by printing the best trial's hyperparameters, validation metrics and checkpoint; then
 ``python tune/best.py <experiment>`` evaluates the best checkpoints on the test split.
@@ -30,7 +31,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noq
 from lrml.data import Dataset, SplitParams, load_dataset, prepare  # noqa: E402
 from lrml.distributed import TrialSettings, run_trial  # noqa: E402
 from lrml.train import MONITOR, defaults  # noqa: E402
-from experiment import write_search_file  # noqa: E402
+from experiment import best_epoch_row, valid_metrics, write_search_file  # noqa: E402
 from resources import TRIAL_RESOURCES, plan_resources  # noqa: E402
 from space import DEFAULT_SPACE, load_space, starting_points, tune_space  # noqa: E402
 
@@ -156,12 +157,11 @@ def summarize(results: tune.ResultGrid, wall_seconds: float, concurrency: int) -
     """The best trial over all its epochs, and how the search spent its time."""
     frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and MONITOR in r.metrics_dataframe]
     best = results.get_best_result(metric=MONITOR, mode="max", scope="all")
-    rows = best.metrics_dataframe
-    best_row = rows.loc[rows[MONITOR].idxmax()]
+    best_row = best_epoch_row(best.metrics_dataframe)
     training = sum(float(frame["seconds"].sum()) for frame in frames)
     return {
         "best_config": best.config,
-        "best_valid": {k: float(best_row[k]) for k in rows.columns if k.startswith("valid/")},
+        "best_valid": valid_metrics(best_row),
         "best_epoch": int(best_row["epoch"]),
         "best_checkpoint": best_row.get("checkpoint_path"),
         "trials": len(results), "errors": results.num_errors, "epochs_trained": int(sum(len(f) for f in frames)),

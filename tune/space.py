@@ -6,9 +6,12 @@ sketch's (margin 0.2, reg_weight 0.1), so the search begins from both published 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from ray import tune
+
+from lrml.train import TrainConfig, defaults
 
 DEFAULT_SPACE = Path(__file__).with_name("space.json")
 KINDS = {
@@ -17,7 +20,7 @@ KINDS = {
     "uniform": lambda spec: tune.uniform(spec["low"], spec["high"]),
     "int": lambda spec: tune.randint(spec["low"], spec["high"] + 1),
 }
-AUTHORS = {"embedding_dim": 100, "memory_size": 20, "margin": 0.2, "reg_weight": 0.01, "lr": 0.001, "batch_size": 1024}
+AUTHORS = asdict(defaults("lrml"))
 SEED_SKETCH = {**AUTHORS, "reg_weight": 0.1}
 
 
@@ -29,7 +32,6 @@ def load_space(path: str | Path = DEFAULT_SPACE) -> dict[str, dict]:
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}, line {error.lineno}: not valid JSON: {error.msg}") from None
     spec = {name: entry for name, entry in spec.items() if not name.startswith("_")}
-    from lrml.train import TrainConfig
     known = set(TrainConfig.__dataclass_fields__) - {"model", "max_epochs", "seed"}
     for name, entry in spec.items():
         if name not in known:
