@@ -1,8 +1,9 @@
 """The one place lrml meets Ray: a Tune trial that fits a TorchTrainer, and its worker loop
 that drives ``lrml.train.Trainer``.
 
-Each worker trains on its Ray Data shard of ``train.parquet`` with DistributedDataParallel
-(gloo on CPU, NCCL on GPU), samples negatives from its own seed, and validates on all
+Each worker trains on its Ray Data shard of ``train.parquet``, sums gradients over the workers
+with ``lrml.parallel.GradientSync`` (gloo on CPU, NCCL on GPU; sparse embedding gradients stay
+sparse), samples negatives from its own seed, and validates on all
 validation users with rank 0's numbers broadcast, so every worker reports the same metrics the
 same number of times and the numbers do not depend on the worker count. Rank 0 writes the
 checkpoint whenever validation improves.
@@ -26,6 +27,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from lrml import checkpoint as checkpoints
 from lrml.data import Dataset, load_dataset, prepare
+from lrml.parallel import GradientSync
 from lrml.train import MONITOR, EpochReport, Trainer, TrainConfig
 
 CHECKPOINT_FILE = "model.pt"
@@ -43,11 +45,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     config = TrainConfig(**loop_config["train"])
     # the global batch stays batch_size whatever the worker count
     worker_config = replace(config, batch_size=max(1, math.ceil(config.batch_size / world)))
-    # NCCL has no sparse all-reduce: GPUs with several workers train dense embeddings
-    trainer = Trainer(worker_config, dataset, rank=rank, device=device, sparse=not (use_gpu and world > 1))
+    trainer = Trainer(worker_config, dataset, rank=rank, device=device)
     if world > 1:
-        trainer.network = torch.nn.parallel.DistributedDataParallel(
-            trainer.model, device_ids=[device.index] if use_gpu else None)
+        trainer.sync_gradients = GradientSync(trainer.model)
     shard = ray.train.get_dataset_shard("train")
     steps = math.ceil(len(dataset.train_users) / world / worker_config.batch_size)
 

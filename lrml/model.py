@@ -29,7 +29,7 @@ class Recommender(nn.Module):
     config: object
 
     def forward(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
-        """The training loss; going through ``forward`` lets DistributedDataParallel sync gradients."""
+        """The training loss (``model(...)`` is ``model.loss(...)`` with the module hooks PyTorch runs)."""
         return self.loss(users, pos_items, neg_items)
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:

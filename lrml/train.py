@@ -75,16 +75,16 @@ def defaults(model: str) -> TrainConfig:
     return DEFAULTS[model]
 
 
-def build_model(config: TrainConfig, num_users: int, num_items: int, sparse: bool = True) -> Recommender:
-    """The model ``config`` describes, sized for the dataset (``sparse=False``: dense embedding gradients)."""
+def build_model(config: TrainConfig, num_users: int, num_items: int) -> Recommender:
+    """The model ``config`` describes, sized for the dataset."""
     if config.model == "pop":
         return Popularity(PopularityConfig(num_users, num_items))
     if config.model == "bpr":
-        return BPRMF(BPRConfig(num_users, num_items, config.embedding_dim, config.reg_weight, sparse=sparse))
+        return BPRMF(BPRConfig(num_users, num_items, config.embedding_dim, config.reg_weight))
     return LRML(LRMLConfig(num_users, num_items, config.embedding_dim, config.memory_size, config.margin,
                            config.reg_weight, use_memory=config.model == "lrml", clip_radius=config.clip_radius,
                            distance=config.distance, negative_relation=config.negative_relation,
-                           regularizer=config.regularizer, sparse=sparse and config.regularizer != "seed"))
+                           regularizer=config.regularizer, sparse=config.regularizer != "seed"))
 
 
 class Optimizer:
@@ -130,14 +130,14 @@ class FitResult:
 class Trainer:
     """Owns the model, optimizer, negative sampler and evaluator for one run on one dataset."""
 
-    def __init__(self, config: TrainConfig, dataset: Dataset, rank: int = 0, device: str | torch.device = "cpu",
-                 sparse: bool = True):
+    def __init__(self, config: TrainConfig, dataset: Dataset, rank: int = 0, device: str | torch.device = "cpu"):
         self.config = config
         self.dataset = dataset
         self.device = torch.device(device)
         torch.manual_seed(config.seed)
-        self.model = build_model(config, dataset.num_users, dataset.num_items, sparse).to(self.device)
-        self.network: torch.nn.Module = self.model  # what the loss runs through (a DDP wrapper under Ray)
+        self.model = build_model(config, dataset.num_users, dataset.num_items).to(self.device)
+        # the data-parallel gradient exchange, called between backward and step when there are several workers
+        self.sync_gradients: Callable[[], None] | None = None
         self.optimizer = Optimizer(self.model, config.optimizer, config.lr)
         self.sampler = NegativeSampler(dataset.train_keys, dataset.num_items, seed=config.seed * 1000 + rank)
         self.shuffle_rng = np.random.default_rng(config.seed * 1000 + rank + 500)
@@ -167,8 +167,10 @@ class Trainer:
             start = (step * size) % max(len(users), 1)  # wraps around when a short shard must match its peers' steps
             batch = slice(start, start + size)
             self.optimizer.zero_grad()
-            loss = self.network(users_t[batch], pos_t[batch], neg_t[batch])
+            loss = self.model(users_t[batch], pos_t[batch], neg_t[batch])
             loss.backward()
+            if self.sync_gradients:
+                self.sync_gradients()
             self.optimizer.step()
             total += loss.detach()
         return total.item() / max(min(steps * size, len(users)), 1)
