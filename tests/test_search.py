@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,8 +59,11 @@ def test_search_then_best_end_to_end(tmp_path):
     configs = [json.loads(p.read_text()) for p in sorted(storage.glob("e2e/run_trial_*/params.json"))]
     assert {c["reg_weight"] for c in configs} >= {0.01, 0.1}
 
+    # best.py reads the experiment where it is now: moved, as when a cluster's results are synced to a laptop
+    moved = tmp_path / "synced" / "e2e-copy"
+    shutil.move(storage / "e2e", moved)
     out = tmp_path / "results"
-    run_script("best.py", str(storage / "e2e"), "--out", str(out), "--top-k", "2")
+    run_script("best.py", str(moved), "--out", str(out), "--top-k", "2")
     for name in ("summary.md", "trials.csv", "best_config.json", "evaluation.json",
                  "optimization_history.png", "hyperparameters.png"):
         assert (out / name).stat().st_size > 0, name
@@ -70,12 +74,13 @@ def test_search_then_best_end_to_end(tmp_path):
         assert model in summary
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert [row["model"] for row in evaluation][:2] == ["LRML (tuned)"] * 2
+    assert evaluation[0]["checkpoint"].startswith(f"{moved}/train/")
     # best.py's validation numbers of the best checkpoint are the ones the search reported
     assert evaluation[0]["valid"]["sampled"]["ndcg@10"] == pytest.approx(trials[MONITOR].iloc[0], abs=1e-6)
     best = json.loads((out / "best_config.json").read_text())
     assert set(best) >= {"embedding_dim", "memory_size", "margin", "reg_weight", "lr", "batch_size"}
 
-    recommended = run_script("best.py", str(storage / "e2e"), "--recommend", "414").stdout.strip().splitlines()
+    recommended = run_script("best.py", str(moved), "--recommend", "414").stdout.strip().splitlines()
     assert len(recommended) == 10 and all("(" in line for line in recommended)  # titles with years
 
 

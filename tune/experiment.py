@@ -74,8 +74,15 @@ class Experiment:
             checkpoint = best.get("checkpoint_path")
             summaries.append(TrialSummary(
                 trial.trial_id, dict(trial.config), trial.status, int(frame["epoch"].max()), int(best["epoch"]),
-                valid_metrics(best), checkpoint if isinstance(checkpoint, str) else None))
+                valid_metrics(best), self._here(checkpoint, trial.trial_id) if isinstance(checkpoint, str) else None))
         return sorted(summaries, key=lambda s: s.valid[MONITOR], reverse=True)
+
+    def _here(self, recorded: str, trial_id: str) -> str:
+        """Where a checkpoint recorded during the search is now. Ray records absolute paths, and the
+        experiment may have been moved or copied since (a cluster's results synced to a laptop);
+        every checkpoint lies under the experiment's ``train/<trial id>/``."""
+        _, found, inside = recorded.partition(f"/train/{trial_id}/")
+        return f"{self.fs_path}/train/{trial_id}/{inside}" if found else recorded
 
     def table(self) -> pd.DataFrame:
         """One row per trial: its hyperparameters, status, epochs run and best validation metrics."""
