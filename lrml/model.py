@@ -93,6 +93,13 @@ class LRMLConfig:
                    regularizer="seed", init="seed", sparse=False)
 
 
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The parameters that take sparse gradients (embeddings built with ``sparse=True``), and the rest."""
+    sparse = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse for p in m.parameters()}
+    params = list(model.parameters())
+    return [p for p in params if id(p) in sparse], [p for p in params if id(p) not in sparse]
+
+
 def clip_by_norm(vectors: torch.Tensor, max_norm: float) -> torch.Tensor:
     """Scale rows whose L2 norm exceeds ``max_norm`` back onto the ball (differentiable, as tf.clip_by_norm)."""
     norm = vectors.norm(dim=-1, keepdim=True)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from lrml.model import split_parameters
+
 
 class GradientSync:
     """Sum each parameter's gradient over the workers of the default process group; call it
@@ -26,10 +28,7 @@ class GradientSync:
         with torch.no_grad():
             for param in model.parameters():
                 dist.broadcast(param, src=0)
-        sparse = {id(p) for module in model.modules()
-                  if isinstance(module, torch.nn.Embedding) and module.sparse for p in module.parameters()}
-        self.sparse = [p for p in model.parameters() if id(p) in sparse]
-        self.dense = [p for p in model.parameters() if id(p) not in sparse]
+        self.sparse, self.dense = split_parameters(model)
         self.world = dist.get_world_size()
 
     def __call__(self) -> None:

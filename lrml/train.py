@@ -21,7 +21,7 @@ from lrml import checkpoint as checkpoints
 from lrml.baselines import BPRMF, BPRConfig, Popularity, PopularityConfig
 from lrml.data import Dataset, SplitParams, load_dataset, prepare
 from lrml.evaluate import Evaluator
-from lrml.model import LRML, LRMLConfig, Recommender
+from lrml.model import LRML, LRMLConfig, Recommender, split_parameters
 from lrml.sampling import NegativeSampler
 
 MODELS = ("lrml", "cml", "bpr", "pop")
@@ -91,8 +91,7 @@ class Optimizer:
     """Adam (SparseAdam for sparse embedding gradients, Adam for the rest) or Adagrad, stepped as one."""
 
     def __init__(self, model: Recommender, name: str, lr: float):
-        sparse = [p for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse for p in m.parameters()]
-        dense = [p for p in model.parameters() if all(p is not s for s in sparse)]
+        sparse, dense = split_parameters(model)
         if name == "adagrad":
             self.parts = [torch.optim.Adagrad(sparse + dense, lr=lr)] if sparse or dense else []
         else:
