@@ -15,17 +15,19 @@ from lrml.baselines import BPRMF, BPRConfig, Popularity, PopularityConfig
 from lrml.model import LRML, LRMLConfig, Recommender
 
 FORMAT = "lrml-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: training_state (optimizer and random states) for an exact resume
 MODEL_CLASSES = {cls.__name__: (cls, config) for cls, config in
                  ((LRML, LRMLConfig), (BPRMF, BPRConfig), (Popularity, PopularityConfig))}
 
 
 def checkpoint_dict(model: Recommender, epoch: int, metrics: dict, dataset_fingerprint: str,
-                    train_config: dict | None = None) -> dict:
-    """The checkpoint of ``model`` as a plain dict (what ``save`` writes)."""
+                    train_config: dict | None = None, training_state: dict | None = None) -> dict:
+    """The checkpoint of ``model`` as a plain dict (what ``save`` writes); ``training_state`` holds what
+    resuming the run needs beyond the weights (optimizer state, random-number states)."""
     return {"format": FORMAT, "version": VERSION, "model_class": type(model).__name__,
             "model_config": asdict(model.config), "state_dict": model.state_dict(), "epoch": epoch,
-            "metrics": metrics, "dataset_fingerprint": dataset_fingerprint, "train_config": train_config or {}}
+            "metrics": metrics, "dataset_fingerprint": dataset_fingerprint, "train_config": train_config or {},
+            "training_state": training_state or {}}
 
 
 def save(checkpoint: dict, path: str | Path) -> Path:

@@ -1,157 +1,186 @@
-"""The one place lrml meets Ray: a Tune trial that fits a TorchTrainer, and its worker loop
-that drives ``lrml.train.Trainer``.
+"""The one place lrml meets Ray: a Tune trial that drives ``lrml.train.Trainer``.
 
-Each worker trains on its Ray Data shard of ``train.parquet``, sums gradients over the workers
-with ``lrml.parallel.GradientSync`` (gloo on CPU, NCCL on GPU; sparse embedding gradients stay
-sparse), samples negatives from its own seed, and validates on all
-validation users with rank 0's numbers broadcast, so every worker reports the same metrics the
-same number of times and the numbers do not depend on the worker count. Rank 0 writes the
-checkpoint whenever validation improves.
+A one-worker trial trains inside the Tune trial's own process, which Tune reuses from trial to
+trial, so a trial starts in well under a second. A trial of several workers (or one asked to) fits
+a Ray Train ``TorchTrainer``: each worker trains on its Ray Data shard of ``train.parquet``, the
+``lrml.parallel.Collective`` strategy sums gradients over the workers (gloo on CPU, NCCL on GPU;
+sparse embedding gradients stay sparse) and shares rank 0's validation metrics, so every worker
+reports the same numbers the same number of times. Both paths report every epoch, attach a
+checkpoint whenever validation improves, and continue from the trial's checkpoint after a failure.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import ray.train
 import ray.tune
 import torch
-import torch.distributed as dist
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from lrml import checkpoint as checkpoints
 from lrml.data import Dataset, load_dataset, prepare
-from lrml.parallel import GradientSync
-from lrml.train import MONITOR, EpochReport, Trainer, TrainConfig
+from lrml.parallel import Collective, SingleProcess
+from lrml.train import MONITOR, EpochReport, Trainer, TrainConfig, canonical_pairs
 
 CHECKPOINT_FILE = "model.pt"
+# A trial that fits a TorchTrainer only waits on it: no CPU (a fraction would strand a node's CPU),
+# a little memory because Ray needs a non-empty request.
+WAITING_TRIAL_RESOURCES = {"CPU": 0, "memory": 128 * 2**20}
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train entry point; ``loop_config`` holds ``train`` (TrainConfig fields), the dataset
-    (``dataset_path``, ``dataset``, ``data_dir``, ``fingerprint``), ``threads`` and ``use_gpu``."""
+@dataclass(frozen=True)
+class DatasetRef:
+    """How any node finds the search's prepared dataset: the driver's folder if it sees it, else prepared there."""
+
+    path: str
+    name: str  # to prepare it again on a node that cannot see ``path``
+    data_dir: str | None
+    fingerprint: str
+
+    def load(self) -> Dataset:
+        return _load(self)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(ref: DatasetRef) -> Dataset:
+    """The dataset, loaded once per process (Tune reuses a trial's process for the next trial)."""
+    path = ref.path
+    if not Path(path, "manifest.json").exists():
+        path = str(prepare(ref.name, ref.data_dir, progress=False))
+    dataset = load_dataset(path)
+    if dataset.fingerprint != ref.fingerprint:
+        raise RuntimeError(f"dataset at {path} on this node has fingerprint {dataset.fingerprint}, the search's is "
+                           f"{ref.fingerprint}")
+    return dataset
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What every trial of a search shares: the hyperparameters not searched, the dataset, the resources."""
+
+    base: TrainConfig  # each trial replaces the searched fields
+    dataset: DatasetRef
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    ray_train: bool = False  # fit a TorchTrainer (always when workers > 1); else train in the trial's process
+    train_storage: str | None = None  # where TorchTrainer runs keep their checkpoints
+    max_failures: int = 0  # TorchTrainer restarts after a worker fails
+
+    def __post_init__(self):
+        if self.workers > 1 and not self.ray_train:
+            raise ValueError(f"{self.workers} workers per trial need ray_train=True")
+
+    @property
+    def threads(self) -> int:
+        return max(1, math.floor(self.cpus_per_worker))
+
+    @property
+    def trial_resources(self) -> dict[str, float]:
+        """What Tune reserves for the trial itself: the worker's share when it trains in place."""
+        if self.ray_train:
+            return WAITING_TRIAL_RESOURCES
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_worker else {})}
+
+    def device(self) -> torch.device:
+        return torch.device("cuda" if self.gpus_per_worker and torch.cuda.is_available() else "cpu")
+
+
+def run_trial(searched: dict, spec: TrialSpec, train_data=None) -> None:
+    """Tune function trainable: train ``spec.base`` with the searched hyperparameters replaced.
+
+    ``train_data`` (a Ray Dataset of the training pairs) is needed only when ``spec.ray_train``.
+    """
+    config = replace(spec.base, **searched)
+    if spec.ray_train:
+        _fit_torch_trainer(config, spec, train_data)
+    else:
+        _train_here(config, spec)
+
+
+def _train_here(config: TrainConfig, spec: TrialSpec) -> None:
+    torch.set_num_threads(spec.threads)
+    dataset = spec.dataset.load()
+    trainer = Trainer(config, dataset, device=spec.device())
+    where = _announce(ray.tune.get_context().get_trial_id(), 0, 1, len(dataset.train_users))
+    resume = _read_checkpoint(ray.tune.get_checkpoint(), dataset.fingerprint)
+    trainer.fit(callback=_reporter(ray.tune.report, ray.tune.Checkpoint, where, rank=0), final_eval=False,
+                resume=resume)
+
+
+def _fit_torch_trainer(config: TrainConfig, spec: TrialSpec, train_data) -> None:
+    """Fit a TorchTrainer of ``spec.workers`` workers; ``TuneReportCallback`` forwards rank 0's reports."""
+    trial_id = ray.tune.get_context().get_trial_id()
+    TorchTrainer(
+        functools.partial(_worker_loop, config, spec, trial_id), datasets={"train": train_data},
+        scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.gpus_per_worker > 0,
+                                     resources_per_worker={"CPU": spec.cpus_per_worker,
+                                                           **({"GPU": spec.gpus_per_worker} if spec.gpus_per_worker else {})}),
+        run_config=RunConfig(name=trial_id, storage_path=spec.train_storage, callbacks=[TuneReportCallback()],
+                             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=MONITOR,
+                                                                checkpoint_score_order="max"),
+                             failure_config=FailureConfig(max_failures=spec.max_failures))).fit()
+
+
+def _worker_loop(config: TrainConfig, spec: TrialSpec, trial_id: str) -> None:
+    """One Ray Train worker: its shard of the training pairs, the same model as every other worker."""
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(loop_config.get("threads", 1))
-    use_gpu = torch.cuda.is_available() and loop_config.get("use_gpu", False)
-    device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
-    dataset = _local_dataset(loop_config)
-    config = TrainConfig(**loop_config["train"])
-    # the global batch stays batch_size whatever the worker count
-    worker_config = replace(config, batch_size=max(1, math.ceil(config.batch_size / world)))
-    trainer = Trainer(worker_config, dataset, rank=rank, device=device)
-    if world > 1:
-        trainer.sync_gradients = GradientSync(trainer.model)
-    shard = ray.train.get_dataset_shard("train")
-    steps = math.ceil(len(dataset.train_users) / world / worker_config.batch_size)
+    torch.set_num_threads(spec.threads)
+    device = ray.train.torch.get_device() if spec.device().type == "cuda" else torch.device("cpu")
+    dataset = spec.dataset.load()
+    trainer = Trainer(config, dataset, Collective() if world > 1 else SingleProcess(), device)
+    batches = list(ray.train.get_dataset_shard("train").iter_batches(batch_size=65536, batch_format="numpy"))
+    pairs = canonical_pairs(np.concatenate([b["user"] for b in batches]), np.concatenate([b["item"] for b in batches]),
+                            dataset.num_items)
+    where = _announce(trial_id, rank, world, len(pairs[0]))
+    trainer.fit(callback=_reporter(ray.train.report, ray.train.Checkpoint, where, rank), positives=lambda: pairs,
+                final_eval=False, resume=_read_checkpoint(ray.train.get_checkpoint(), dataset.fingerprint))
 
-    # reported with the metrics, so a run shows where it trained and each worker's share of the data
-    evidence = {"workers": world, "worker_pairs": 0, "train_node_ip": _node_ip()}
 
-    def shard_positives() -> tuple[np.ndarray, np.ndarray]:
-        parts = list(shard.iter_batches(batch_size=65536, batch_format="numpy"))
-        users, items = np.concatenate([p["user"] for p in parts]), np.concatenate([p["item"] for p in parts])
-        if evidence["worker_pairs"] == 0:
-            print(f"run {context.get_experiment_name()}: worker rank {rank} of {world} (pid {os.getpid()}, "
-                  f"node {evidence['train_node_ip']}): "
-                  f"{len(users)} training pairs, {steps} steps of {worker_config.batch_size} per epoch", flush=True)
-        evidence["worker_pairs"] = len(users)
-        return users, items
-
-    if world > 1:
-        trainer.validate = _broadcast_from_rank_zero(trainer.validate, device)
-    trainer.fit(callback=lambda report: _report(report, evidence), positives=shard_positives,
-                num_batches=steps if world > 1 else None, final_eval=False,
-                resume=_last_checkpoint(dataset.fingerprint))
+def _announce(trial_id: str, rank: int, world: int, pairs: int) -> dict:
+    """Say where this worker trains and on how much data; the same facts go with every report."""
+    node = _node_ip()
+    print(f"run {trial_id}: worker rank {rank} of {world} (pid {os.getpid()}, node {node}): {pairs} training pairs",
+          flush=True)
+    return {"workers": world, "worker_pairs": pairs, "train_node_ip": node}
 
 
 def _node_ip() -> str:
-    """The address of the Ray node this worker runs on (as the cluster registered it)."""
+    """The address of the Ray node this process runs on, as the cluster registered it."""
     node_id = ray.get_runtime_context().get_node_id()
     return next(node["NodeManagerAddress"] for node in ray.nodes() if node["NodeID"] == node_id)
 
 
-def _local_dataset(loop_config: dict) -> Dataset:
-    """The prepared dataset on this node: the driver's folder if visible here, else prepared again here."""
-    path = loop_config["dataset_path"]
-    if not Path(path, "manifest.json").exists():
-        path = str(prepare(loop_config["dataset"], loop_config.get("data_dir"), progress=False))
-    dataset = load_dataset(path)
-    if dataset.fingerprint != loop_config["fingerprint"]:
-        raise RuntimeError(f"dataset at {path} on this node has fingerprint {dataset.fingerprint}, the search's is "
-                           f"{loop_config['fingerprint']}")
-    return dataset
-
-
-def _last_checkpoint(fingerprint: str) -> dict | None:
-    """The checkpoint a restarted trial continues from (Ray Train hands back the last one reported)."""
-    found = ray.train.get_checkpoint()
+def _read_checkpoint(found, fingerprint: str) -> dict | None:
+    """The checkpoint a restarted trial continues from (Tune or Ray Train hands back the last one reported)."""
     if found is None:
         return None
     with found.as_directory() as folder:
         return checkpoints.read(Path(folder) / CHECKPOINT_FILE, expected_fingerprint=fingerprint)
 
 
-def _broadcast_from_rank_zero(validate, device):
-    """Wrap ``validate`` so every worker returns rank 0's metrics (and so makes the same stop decision)."""
-    def validate_everywhere() -> dict[str, float]:
-        metrics = validate()
-        values = torch.tensor(list(metrics.values()), dtype=torch.float64, device=device)
-        dist.broadcast(values, src=0)
-        return dict(zip(metrics, values.tolist()))
-    return validate_everywhere
+def _reporter(report: Callable, checkpoint_class, where: dict, rank: int) -> Callable[[EpochReport], None]:
+    """A fit callback that reports every epoch; rank 0 attaches a checkpoint when validation improved.
 
-
-def _report(report: EpochReport, evidence: dict) -> None:
-    """Report every epoch from every worker; rank 0 attaches a checkpoint when validation improved."""
-    metrics = {**report.metrics, **evidence}
-    if report.improved and ray.train.get_context().get_world_rank() == 0:
-        with tempfile.TemporaryDirectory() as folder:
-            checkpoints.save(report.trainer.checkpoint(report.epoch, report.metrics), Path(folder) / CHECKPOINT_FILE)
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
-    else:
-        ray.train.report(metrics)
-
-
-@dataclass(frozen=True)
-class TrialSettings:
-    """What every trial of a search shares: the dataset, the fixed hyperparameters and the resources."""
-
-    dataset_path: str
-    dataset: str  # to prepare the dataset again on a node that cannot see dataset_path
-    data_dir: str | None
-    fingerprint: str
-    fixed: dict  # TrainConfig fields that are not searched (model, max_epochs, patience, seed, ...)
-    workers: int
-    worker_resources: dict
-    use_gpu: bool
-    threads: int
-    train_storage: str  # where each trial's TorchTrainer keeps its checkpoints
-    max_failures: int = 0
-
-
-def run_trial(config: dict, train_data, settings: TrialSettings) -> None:
-    """Tune function trainable: fit one TorchTrainer on the hyperparameters in ``config``.
-
-    ``TuneReportCallback`` forwards rank 0's per-epoch metrics, with the path of the checkpoint
-    when one was written, to Tune.
+    ``last_epoch`` tells the searcher that the trial ended by itself (max epochs or patience), not
+    because the scheduler stopped it.
     """
-    trial_id = ray.tune.get_context().get_trial_id()
-    loop_config = {"train": {**settings.fixed, **config}, "dataset_path": settings.dataset_path,
-                   "dataset": settings.dataset, "data_dir": settings.data_dir, "fingerprint": settings.fingerprint,
-                   "threads": settings.threads, "use_gpu": settings.use_gpu}
-    trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=loop_config, datasets={"train": train_data},
-        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=settings.use_gpu,
-                                     resources_per_worker=settings.worker_resources),
-        run_config=RunConfig(name=trial_id, storage_path=settings.train_storage, callbacks=[TuneReportCallback()],
-                             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=MONITOR,
-                                                                checkpoint_score_order="max"),
-                             failure_config=FailureConfig(max_failures=settings.max_failures)))
-    trainer.fit()
+    def report_epoch(epoch: EpochReport) -> None:
+        metrics = {**epoch.metrics, **where, "last_epoch": epoch.last}
+        if not (epoch.improved and rank == 0):
+            report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoints.save(epoch.trainer.checkpoint(epoch.epoch, epoch.metrics), Path(folder) / CHECKPOINT_FILE)
+            report(metrics, checkpoint=checkpoint_class.from_directory(folder))
+    return report_epoch

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from lrml.data import Dataset
-from lrml.metrics import full_ranks, ranking_metrics, sampled_ranks
+from lrml.metrics import full_ranks, per_user_metrics, ranking_metrics, sampled_ranks
 from lrml.model import Recommender
 
 PROTOCOLS = ("sampled", "full")
@@ -28,10 +28,20 @@ class Evaluator:
                                                                         minlength=dataset.num_users))])
         self._valid_item_of = dict(zip(dataset.valid_users.tolist(), dataset.valid_items.tolist()))
 
-    @torch.no_grad()
     def evaluate(self, model: Recommender, part: str,
                  protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, dict[str, float]]:
         """``{"sampled": {"hr@10": ..., "ndcg@10": ..., "mrr": ...}, "full": {...}}`` for ``part``."""
+        return {protocol: ranking_metrics(found, self.ks) for protocol, found in self.ranks(model, part, protocols).items()}
+
+    def per_user(self, model: Recommender, part: str,
+                 protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, dict[str, np.ndarray]]:
+        """Each user's metrics (aligned with the split's users), for confidence intervals and paired tests."""
+        return {protocol: per_user_metrics(found, self.ks)
+                for protocol, found in self.ranks(model, part, protocols).items()}
+
+    @torch.no_grad()
+    def ranks(self, model: Recommender, part: str, protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, torch.Tensor]:
+        """The 0-based rank of each user's held-out item, per protocol."""
         eval_users, targets, candidates = self.dataset.split_arrays(part)
         was_training = model.training
         model.eval()
@@ -49,7 +59,7 @@ class Evaluator:
                 rows, cols = (x.to(device) for x in self._excluded(eval_users[batch], part))
                 ranks["full"].append(full_ranks(model.score_all(u), t, rows, cols).cpu())
         model.train(was_training)
-        return {protocol: ranking_metrics(torch.cat(found), self.ks) for protocol, found in ranks.items()}
+        return {protocol: torch.cat(found) for protocol, found in ranks.items()}
 
     def _excluded(self, users: np.ndarray, part: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(row, item) pairs to skip in full ranking: training items, plus the validation item on test."""

@@ -1,10 +1,14 @@
-"""Data-parallel gradient exchange that handles sparse embedding gradients on any backend.
+"""Data-parallel strategies for the trainer: one process (nothing to exchange) or a process group.
 
-This stands in for DistributedDataParallel. With sparse gradients on gloo, DDP aborted a CPU worker
-with a corrupted heap within 20,000 steps in each of two runs here (torch 2.13), and it needs a
-sparse all-reduce, which NCCL does not have. A sparse gradient travels here as its rows: every
-worker all-gathers the row indices and values of all workers with the plain dense collectives
-that every backend has, and adds them up. Dense gradients go through one all-reduce.
+The trainer asks its strategy three things: which worker it is, to sum gradients over the workers
+between ``backward`` and the optimizer step, and to agree on values every worker must share (the
+step count of an epoch, rank 0's validation metrics). ``SingleProcess`` answers them trivially.
+
+``Collective`` stands in for DistributedDataParallel. With sparse gradients on gloo, DDP aborted a
+CPU worker with a corrupted heap within 20,000 steps in each of two runs here (torch 2.13), and it
+needs a sparse all-reduce, which NCCL does not have. A sparse gradient travels here as its rows:
+every worker all-gathers the row indices and values of all workers with the plain dense
+collectives that every backend has, and adds them up. Dense gradients go through one all-reduce.
 
 Gradients are summed, not averaged. The loss is a sum over the batch, so the sum over workers
 is the gradient of the global batch, the one a single worker would compute.
@@ -17,11 +21,60 @@ import torch.distributed as dist
 from lrml.model import split_parameters
 
 
+class SingleProcess:
+    """One worker holds the whole batch: no exchange, every value is already agreed."""
+
+    rank = 0
+    world_size = 1
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """Nothing to set up for one worker."""
+
+    def sum_gradients(self) -> None:
+        """One worker's gradient is the global batch's."""
+
+    def agree_max(self, value: int) -> int:
+        return value
+
+    def agree_from_rank_zero(self, values: dict[str, float]) -> dict[str, float]:
+        return values
+
+
+class Collective:
+    """The workers of the default ``torch.distributed`` process group, training one model together.
+
+    ``attach`` copies rank 0's weights to every worker, as DDP does, so the workers start equal.
+    """
+
+    def __init__(self):
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self._sync: GradientSync | None = None
+
+    def attach(self, model: torch.nn.Module) -> None:
+        self._sync = GradientSync(model)
+
+    def sum_gradients(self) -> None:
+        self._sync()
+
+    def agree_max(self, value: int) -> int:
+        """The largest ``value`` over the workers (every worker must take the same number of steps)."""
+        found = torch.tensor([value], dtype=torch.long, device=self._sync.device)
+        dist.all_reduce(found, op=dist.ReduceOp.MAX)
+        return int(found.item())
+
+    def agree_from_rank_zero(self, values: dict[str, float]) -> dict[str, float]:
+        """Rank 0's ``values`` on every worker, so all of them report and decide alike."""
+        found = torch.tensor(list(values.values()), dtype=torch.float64, device=self._sync.device)
+        dist.broadcast(found, src=0)
+        return dict(zip(values, found.tolist()))
+
+
 class GradientSync:
     """Sum each parameter's gradient over the workers of the default process group; call it
     between ``backward`` and the optimizer step, on every worker, at every step.
 
-    Constructing it copies rank 0's weights to every worker, as DDP does, so the workers start equal.
+    Constructing it copies rank 0's weights to every worker.
     """
 
     def __init__(self, model: torch.nn.Module):
@@ -29,6 +82,7 @@ class GradientSync:
             for param in model.parameters():
                 dist.broadcast(param, src=0)
         self.sparse, self.dense = split_parameters(model)
+        self.device = next(model.parameters()).device
         self.world = dist.get_world_size()
 
     def __call__(self) -> None:
@@ -46,7 +100,7 @@ class GradientSync:
 
     def _sum_sparse(self) -> None:
         grads = [_rows(p) for p in self.sparse]
-        counts = self._gather(torch.tensor([len(rows) for rows, _ in grads], device=self.sparse[0].device))
+        counts = self._gather(torch.tensor([len(rows) for rows, _ in grads], device=self.device))
         counts = counts.view(self.world, len(grads)).tolist()  # counts[worker][parameter]
         for index, (param, (rows, values)) in enumerate(zip(self.sparse, grads)):
             per_worker = [worker_counts[index] for worker_counts in counts]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -21,7 +22,9 @@ from lrml import checkpoint as checkpoints
 from lrml.baselines import BPRMF, BPRConfig, Popularity, PopularityConfig
 from lrml.data import Dataset, SplitParams, load_dataset, prepare
 from lrml.evaluate import Evaluator
+from lrml.data.split import interaction_keys
 from lrml.model import LRML, LRMLConfig, Recommender, split_parameters
+from lrml.parallel import Collective, SingleProcess
 from lrml.sampling import NegativeSampler
 
 MODELS = ("lrml", "cml", "bpr", "pop")
@@ -106,6 +109,13 @@ class Optimizer:
         for part in self.parts:
             part.step()
 
+    def state_dict(self) -> list[dict]:
+        return [part.state_dict() for part in self.parts]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        for part, state in zip(self.parts, states, strict=True):
+            part.load_state_dict(state)
+
 
 @dataclass
 class EpochReport:
@@ -114,6 +124,7 @@ class EpochReport:
     epoch: int
     metrics: dict[str, float]  # "loss", "valid/sampled/hr@10", ..., "seconds"
     improved: bool  # the monitored validation metric is the best so far
+    last: bool  # the run stops after this epoch (max_epochs reached or patience spent)
     trainer: "Trainer"
 
 
@@ -126,30 +137,53 @@ class FitResult:
     final: dict  # {"valid": {"sampled": {...}, "full": {...}}, "test": {...}, "seconds": ...}
 
 
-class Trainer:
-    """Owns the model, optimizer, negative sampler and evaluator for one run on one dataset."""
+class TrainingDiverged(RuntimeError):
+    """The loss or the validation metric stopped being a finite number."""
 
-    def __init__(self, config: TrainConfig, dataset: Dataset, rank: int = 0, device: str | torch.device = "cpu"):
+
+def canonical_pairs(users: np.ndarray, items: np.ndarray, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (user, item) pairs sorted by user, then item: an order that does not depend on how they were read,
+    so the same seed shuffles them the same way whether they came from a file or a Ray Data shard."""
+    keys = interaction_keys(users, items, num_items)
+    return keys // num_items, keys % num_items
+
+
+class Trainer:
+    """Owns the model, optimizer, negative sampler and evaluator for one run on one dataset.
+
+    ``parallel`` is the data-parallel strategy: ``SingleProcess`` (the default) trains alone,
+    ``lrml.parallel.Collective`` trains one model with the other workers of a process group, each
+    worker taking its share of every global batch of ``config.batch_size`` pairs.
+    """
+
+    def __init__(self, config: TrainConfig, dataset: Dataset, parallel: SingleProcess | Collective = SingleProcess(),
+                 device: str | torch.device = "cpu"):
         self.config = config
         self.dataset = dataset
+        self.parallel = parallel
         self.device = torch.device(device)
         torch.manual_seed(config.seed)
         self.model = build_model(config, dataset.num_users, dataset.num_items).to(self.device)
-        # the data-parallel gradient exchange, called between backward and step when there are several workers
-        self.sync_gradients: Callable[[], None] | None = None
+        parallel.attach(self.model)
         self.optimizer = Optimizer(self.model, config.optimizer, config.lr)
-        self.sampler = NegativeSampler(dataset.train_keys, dataset.num_items, seed=config.seed * 1000 + rank)
-        self.shuffle_rng = np.random.default_rng(config.seed * 1000 + rank + 500)
+        self.batch_size = math.ceil(config.batch_size / parallel.world_size)  # this worker's share of a batch
+        self.sampler = NegativeSampler(dataset.train_keys, dataset.num_items, seed=config.seed * 1000 + parallel.rank)
+        self.shuffle_rng = np.random.default_rng(config.seed * 1000 + parallel.rank + 500)
         self.evaluator = Evaluator(dataset)
 
     @property
     def trainable(self) -> bool:
         return any(True for _ in self.model.parameters())
 
-    def train_epoch(self, users: np.ndarray, items: np.ndarray, num_batches: int | None = None) -> float:
+    def _all_training_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole training split in canonical order (decoded from the sorted keys the sampler uses)."""
+        keys, num_items = self.dataset.train_keys, self.dataset.num_items
+        return keys // num_items, keys % num_items
+
+    def train_epoch(self, users: np.ndarray, items: np.ndarray) -> float:
         """One pass over the given positive pairs with fresh negatives; returns the mean loss per pair.
 
-        ``num_batches`` fixes the step count (data-parallel workers must all take the same number).
+        Every worker takes the same number of steps; a worker whose share is short wraps around.
         """
         if not self.trainable:
             self.model.fit_counts(torch.as_tensor(items, dtype=torch.long, device=self.device))
@@ -158,56 +192,72 @@ class Trainer:
         users_t = torch.as_tensor(users[order], dtype=torch.long, device=self.device)
         pos_t = torch.as_tensor(items[order], dtype=torch.long, device=self.device)
         neg_t = torch.as_tensor(self.sampler.sample(users[order]), dtype=torch.long, device=self.device)
-        size = self.config.batch_size
-        steps = num_batches if num_batches is not None else -(-len(users) // size)
+        size = self.batch_size
+        steps = self.parallel.agree_max(-(-len(users) // size))
         total = torch.zeros((), device=self.device)
         self.model.train()
         for step in range(steps):
-            start = (step * size) % max(len(users), 1)  # wraps around when a short shard must match its peers' steps
+            start = (step * size) % max(len(users), 1)
             batch = slice(start, start + size)
             self.optimizer.zero_grad()
             loss = self.model(users_t[batch], pos_t[batch], neg_t[batch])
             loss.backward()
-            if self.sync_gradients:
-                self.sync_gradients()
+            self.parallel.sum_gradients()
             self.optimizer.step()
             total += loss.detach()
         return total.item() / max(min(steps * size, len(users)), 1)
 
     def validate(self) -> dict[str, float]:
-        """Sampled validation metrics, flat and prefixed (``valid/sampled/ndcg@10``)."""
+        """Sampled validation metrics, flat and prefixed (``valid/sampled/ndcg@10``); rank 0's on every worker."""
         found = self.evaluator.evaluate(self.model, "valid", ("sampled",))["sampled"]
-        return {f"valid/sampled/{name}": value for name, value in found.items()}
+        return self.parallel.agree_from_rank_zero({f"valid/sampled/{name}": value for name, value in found.items()})
 
     def final_metrics(self) -> dict:
         """Validation and test metrics in both protocols (the CLI's ``--metrics-out`` shape)."""
         return {part: self.evaluator.evaluate(self.model, part) for part in ("valid", "test")}
 
     def checkpoint(self, epoch: int, metrics: dict) -> dict:
-        return checkpoints.checkpoint_dict(self.model, epoch, metrics, self.dataset.fingerprint, asdict(self.config))
+        """The checkpoint of this epoch, with what an exact resume needs: optimizer and random states."""
+        state = {"optimizer": self.optimizer.state_dict(), "sampler_rng": self.sampler.rng.bit_generator.state,
+                 "shuffle_rng": self.shuffle_rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+        return checkpoints.checkpoint_dict(self.model, epoch, metrics, self.dataset.fingerprint, asdict(self.config),
+                                           training_state=state)
+
+    def _restore(self, checkpoint: dict) -> None:
+        """Continue from ``checkpoint`` exactly as the run that wrote it would have gone on."""
+        self.model.load_state_dict(checkpoint["state_dict"])
+        state = checkpoint["training_state"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.rng.bit_generator.state = state["sampler_rng"]
+        self.shuffle_rng.bit_generator.state = state["shuffle_rng"]
+        torch.set_rng_state(state["torch_rng"])
 
     def fit(self, callback: Callable[[EpochReport], None] | None = None,
             checkpoint_path: str | Path | None = None, positives: Callable[[], tuple] | None = None,
-            num_batches: int | None = None, final_eval: bool = True, resume: dict | None = None) -> FitResult:
+            final_eval: bool = True, resume: dict | None = None) -> FitResult:
         """Train with early stopping on validation nDCG@10; the model ends at its best epoch.
 
         ``positives`` supplies each epoch's (users, items) training pairs (default: the whole
-        training split; the Ray adapter passes its worker's shard), ``num_batches`` fixes the
-        steps per epoch, ``final_eval`` adds validation and test metrics in both protocols, and
-        ``resume`` (a checkpoint dict) continues a run after its best epoch so far.
+        training split; the Ray adapter passes its worker's shard), ``final_eval`` adds validation
+        and test metrics in both protocols, and ``resume`` (a checkpoint dict, written at the best
+        epoch so far) continues a run where that checkpoint left it.
         """
         started = time.perf_counter()
-        positives = positives or (lambda: (self.dataset.train_users, self.dataset.train_items))
+        if positives is None:
+            positives = self._all_training_pairs
         history, best_value, best_epoch, best_state = [], float("-inf"), 0, None
         if resume is not None:
-            self.model.load_state_dict(resume["state_dict"])
+            self._restore(resume)
             best_value, best_epoch = resume["metrics"][MONITOR], resume["epoch"]
             best_state = copy.deepcopy(self.model.state_dict())
         max_epochs = self.config.max_epochs if self.trainable else 1
         for epoch in range(best_epoch + 1, max_epochs + 1):
             epoch_start = time.perf_counter()
-            loss = self.train_epoch(*positives(), num_batches=num_batches)
+            loss = self.train_epoch(*positives())
             metrics = {"epoch": epoch, "loss": loss, **self.validate(), "seconds": time.perf_counter() - epoch_start}
+            if not all(math.isfinite(metrics[name]) for name in ("loss", MONITOR)):
+                raise TrainingDiverged(f"epoch {epoch}: loss {loss}, {MONITOR} {metrics[MONITOR]}: the model diverged "
+                                       f"(lr {self.config.lr:g} may be too high)")
             history.append(metrics)
             improved = metrics[MONITOR] > best_value
             if improved:
@@ -215,11 +265,13 @@ class Trainer:
                 best_state = copy.deepcopy(self.model.state_dict())
                 if checkpoint_path:
                     checkpoints.save(self.checkpoint(epoch, metrics), checkpoint_path)
+            last = epoch == max_epochs or epoch - best_epoch >= self.config.patience
             if callback:
-                callback(EpochReport(epoch, metrics, improved, self))
-            if epoch - best_epoch >= self.config.patience:
+                callback(EpochReport(epoch, metrics, improved, last, self))
+            if last:
                 break
-        self.model.load_state_dict(best_state)
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
         final = self.final_metrics() if final_eval else {}
         final.update(seconds=time.perf_counter() - started, best_epoch=best_epoch)
         return FitResult(best_epoch, history, final)

@@ -33,3 +33,21 @@ def test_full_rank_skips_excluded_items_and_the_target_itself():
     # user 0 trained on items 0 and 1: only item 2 outranks its target; user 1 trained on item 4
     rows, cols = torch.tensor([0, 0, 1]), torch.tensor([0, 1, 4])
     assert full_ranks(scores.clone(), targets, rows, cols).tolist() == [1, 3]
+
+
+def test_scores_that_are_not_finite_count_as_the_worst():
+    nan, inf = float("nan"), float("inf")
+    # a diverged model (every score NaN) ranks every held-out item last: no hits, in both protocols
+    diverged = sampled_ranks(torch.full((3,), nan), torch.full((3, 100), nan))
+    assert diverged.tolist() == [100, 100, 100]
+    assert ranking_metrics(diverged) == {"hr@10": 0.0, "ndcg@10": 0.0, "mrr": 1 / 101}
+    everything_nan = torch.full((2, 5), nan)
+    ranks = full_ranks(everything_nan, torch.tensor([3, 0]), torch.tensor([0]), torch.tensor([1]))
+    assert ranks.tolist() == [3, 4]  # every item neither excluded nor the target itself
+    # partly: a NaN or infinite target is below every candidate; NaN or +inf candidates never outrank a finite one
+    target = torch.tensor([nan, inf, 0.5, 0.5])
+    candidates = torch.tensor([[0.1, 0.2, 0.3], [0.1, nan, -inf], [nan, inf, 0.7], [nan, nan, nan]])
+    assert sampled_ranks(target, candidates).tolist() == [3, 3, 1, 0]
+    scores = torch.tensor([[0.9, nan, 0.7, 0.6, inf]])
+    # target item 3 (0.6): item 0 and 2 outrank it; NaN and +inf items do not; item 0 is excluded
+    assert full_ranks(scores.clone(), torch.tensor([3]), torch.tensor([0]), torch.tensor([0])).tolist() == [1]

@@ -121,7 +121,7 @@ def test_trials_run_on_both_nodes_and_survive_losing_one(two_nodes, tmp_path):
     deadline, victim = time.time() + 300, None
     while time.time() < deadline and victim is None:
         found = re.search(rf"run (\w+): worker rank 0 of 1 \(pid \d+, node {re.escape(WORKER)}\)", read(log))
-        if found and any((storage / "fault" / "train" / found.group(1)).glob("checkpoint_*")):
+        if found and any((storage / "fault").glob(f"run_trial_{found.group(1)}_*/checkpoint_*")):
             victim = found.group(1)
         time.sleep(0.2)
     assert victim, "no trial trained on the worker node"

@@ -3,6 +3,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from lrml import checkpoint
@@ -64,3 +65,27 @@ def test_cli_writes_metrics_json(tmp_path, capsys):
     assert metrics["test"]["full"]["hr@10"] < metrics["test"]["sampled"]["hr@10"]
     printed = capsys.readouterr().out
     assert "epoch   2" in printed and "test   full" in printed
+
+
+class Crash(Exception):
+    """Stands for the process dying mid-run."""
+
+
+def test_a_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one(small_dataset, tmp_path):
+    config = replace(defaults("lrml"), max_epochs=5)
+    whole = Trainer(config, small_dataset).fit(final_eval=False).history
+
+    def crash_in_epoch_4(report):
+        if report.epoch == 4:
+            raise Crash
+
+    saved_at = tmp_path / "best.pt"
+    with pytest.raises(Crash):
+        Trainer(config, small_dataset).fit(callback=crash_in_epoch_4, checkpoint_path=saved_at, final_eval=False)
+    saved = checkpoint.read(saved_at, expected_fingerprint=small_dataset.fingerprint)
+    assert saved["epoch"] >= 2, "the run should have improved by then"
+    resumed = Trainer(config, small_dataset).fit(resume=saved, final_eval=False).history
+    assert [row["epoch"] for row in resumed] == list(range(saved["epoch"] + 1, 6))
+    for before, after in zip(whole[saved["epoch"]:], resumed):  # optimizer and random states carried over
+        assert after["loss"] == pytest.approx(before["loss"], abs=1e-6)
+        assert after[MONITOR] == pytest.approx(before[MONITOR], abs=1e-6)

@@ -1,11 +1,14 @@
-"""Evaluate a search's best checkpoints on the test split and write its results under results/<experiment>/.
+"""Evaluate an LRML search's best checkpoint beside CML and BPR-MF searched on the same budget, and
+write the comparison under results/<experiment>/.
 
     python tune/best.py results/ray/ml-latest-small-lrml            # or an s3:// / gs:// URI, or just the name
-    python tune/best.py ml-latest-small-lrml --top-k 3
+    python tune/best.py ml-latest-small-lrml --tune-baselines       # search CML and BPR-MF first if not yet done
     python tune/best.py ml-latest-small-lrml --recommend 414        # top-10 films for MovieLens user 414
 
-Loads checkpoints with lrml alone (no search code), evaluates in both protocols (sampled
-candidates and full ranking) beside popularity, BPR-MF and CML trained on the same budget.
+Every model is loaded from its checkpoint with lrml alone and evaluated on the test split in
+both protocols (sampled candidates and full ranking), with 95% bootstrap intervals over test
+users, a paired randomisation test against LRML, and its configuration retrained with 5 fresh
+seeds. Popularity is the floor.
 """
 from __future__ import annotations
 
@@ -13,21 +16,23 @@ import argparse
 import json
 import sys
 import tempfile
-from dataclasses import replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from experiment import Experiment
+from lrml_tune import compare
+from lrml_tune import search
+from lrml_tune.experiment import Experiment
 from lrml import checkpoint
 from lrml.data import Dataset, load_dataset, prepare
 from lrml.evaluate import Evaluator
 from lrml.train import Trainer, defaults
-from report import importances, write_plots, write_summary, write_tables
+from lrml_tune.report import write_plots, write_summary
 
 REPO = Path(__file__).resolve().parents[1]
-BASELINES = ("pop", "bpr", "cml")
 
 
 def resolve(location: str) -> str:
@@ -37,14 +42,14 @@ def resolve(location: str) -> str:
     candidate = REPO / "results" / "ray" / location
     if candidate.exists():
         return str(candidate)
-    sys.exit(f"no experiment at {location!r} (nor {candidate})")
+    raise ValueError(f"no experiment at {location!r} (nor {candidate})")
 
 
 def recommend(model, dataset: Dataset, raw_user: int, k: int = 10) -> list[tuple[int, str]]:
     """Top-k (raw item id, title) for a MovieLens user id, excluding everything they already rated."""
     matches = np.flatnonzero(dataset.user_raw_ids == raw_user)
     if len(matches) == 0:
-        raise SystemExit(f"user {raw_user} is not in {dataset.manifest['dataset']}")
+        raise ValueError(f"user {raw_user} is not in {dataset.manifest['dataset']}")
     user = int(matches[0])
     seen = np.concatenate([dataset.train_items[dataset.train_users == user],
                            dataset.valid_items[dataset.valid_users == user], dataset.test_items[dataset.test_users == user]])
@@ -52,56 +57,84 @@ def recommend(model, dataset: Dataset, raw_user: int, k: int = 10) -> list[tuple
     return [(int(dataset.item_raw_ids[i]), dataset.item_titles[i] or "") for i in top]
 
 
+def best_model(experiment: Experiment, dataset: Dataset, scratch: Path):
+    """The best trial of ``experiment``, its model (from the checkpoint alone) and its training config."""
+    if not experiment.trials:
+        raise ValueError(f"{experiment.location}: no trial reported validation metrics yet")
+    trial = experiment.trials[0]
+    model, saved = checkpoint.load(experiment.fetch_checkpoint(trial, scratch), expected_fingerprint=dataset.fingerprint)
+    return trial, model, saved["train_config"]
+
+
+def baseline_searches(lrml: Experiment, tune_missing: bool) -> dict[str, Experiment]:
+    """The CML and BPR-MF searches with LRML's budget, found beside it or (``tune_missing``) run now."""
+    found = {}
+    for model in compare.BASELINES:
+        args = compare.baseline_search_args(lrml.location, lrml.record, model)
+        location = compare.find_baseline(lrml.location, lrml.record, model)
+        if location is None and tune_missing:
+            print(f"searching {compare.LABELS[model]} with the LRML search's budget", flush=True)
+            search.main(args)
+            location = compare.find_baseline(lrml.location, lrml.record, model)
+        if location is None:
+            command = " ".join(["python tune/search.py", *args])
+            print(f"no {compare.LABELS[model]} search with this budget beside {lrml.location}; left out. "
+                  f"Run: {command}  (or pass --tune-baselines)", file=sys.stderr, flush=True)
+        else:
+            found[model] = Experiment(location)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python tune/best.py", description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", help="experiment folder, s3:// or gs:// URI, or name under results/ray/")
-    parser.add_argument("--top-k", type=int, default=1, help="evaluate the N best trials (default 1)")
+    parser.add_argument("experiment", help="LRML experiment folder, s3:// or gs:// URI, or name under results/ray/")
+    parser.add_argument("--tune-baselines", action="store_true",
+                        help="search CML and BPR-MF with the LRML search's budget where no such search exists yet")
+    parser.add_argument("--seeds", type=int, choices=(0, len(compare.RETRAIN_SEEDS)), default=len(compare.RETRAIN_SEEDS),
+                        help="retrain each best configuration with 5 fresh seeds (default), or 0 to skip")
+    parser.add_argument("--data-dir", help="the dataset's archive or folder, if not where the search found it")
     parser.add_argument("--recommend", type=int, metavar="USER_ID", help="print this MovieLens user's top-10 films and stop")
     parser.add_argument("--out", help="results folder (default results/<experiment name>)")
     args = parser.parse_args(argv)
 
-    experiment = Experiment(resolve(args.experiment))
-    settings = experiment.settings
-    if not experiment.trials:
-        sys.exit(f"{experiment.location}: no trial reported validation metrics yet")
-    dataset = load_dataset(prepare(settings["dataset"], settings.get("data_dir"), progress=False))
-    chosen = experiment.trials[:args.top_k]
-    with tempfile.TemporaryDirectory(prefix="lrml-best-") as scratch:  # cloud checkpoints are copied here to load
-        models = [checkpoint.load(experiment.fetch_checkpoint(trial, Path(scratch)),
-                                  expected_fingerprint=dataset.fingerprint)[0] for trial in chosen]
-    if args.recommend is not None:
-        for raw_id, title in recommend(models[0], dataset, args.recommend):
-            print(f"{raw_id:>7}  {title}")
-        return 0
+    lrml = Experiment(resolve(args.experiment))
+    record = lrml.record
+    if record.settings.model != "lrml":
+        raise ValueError(f"{lrml.location} is a {record.settings.model} search; best.py starts from an LRML search")
+    dataset = load_dataset(prepare(record.settings.dataset, args.data_dir or record.settings.data_dir, progress=False))
+    if dataset.fingerprint != record.fingerprint:
+        raise ValueError(f"the dataset at {dataset.path} has fingerprint {dataset.fingerprint}; the search ran on "
+                         f"{record.fingerprint}")
+    with tempfile.TemporaryDirectory(prefix="lrml-best-") as scratch:  # checkpoints are copied here to load
+        if args.recommend is not None:
+            for raw_id, title in recommend(best_model(lrml, dataset, Path(scratch))[1], dataset, args.recommend):
+                print(f"{raw_id:>7}  {title}")
+            return 0
+        searches = {"lrml": lrml, **baseline_searches(lrml, args.tune_baselines)}
+        evaluator = Evaluator(dataset)
+        results = []
+        for model, experiment in searches.items():
+            trial, network, config = best_model(experiment, dataset, Path(scratch))
+            results.append(compare.evaluate(network, evaluator, model, experiment.location, trial.trial_id, config))
+            print(f"{compare.LABELS[model]} (trial {trial.trial_id}): test sampled ndcg@10 "
+                  f"{results[-1].test['sampled']['ndcg@10']['mean']:.4f}", flush=True)
+    popularity = Trainer(defaults("pop"), dataset)
+    popularity.fit(final_eval=False)
+    results.append(compare.evaluate(popularity.model, evaluator, "pop", None, None, {}))
+    compare.add_paired_tests(results)
+    if args.seeds:
+        print(f"retraining {len(results) - 1} configurations with seeds {list(compare.RETRAIN_SEEDS)}", flush=True)
+        compare.add_seed_runs(results, str(dataset.path))
 
-    evaluator = Evaluator(dataset)
-    rows = []
-    for trial, model in zip(chosen, models):
-        metrics = {part: evaluator.evaluate(model, part) for part in ("valid", "test")}
-        rows.append({"model": "LRML (tuned)", "trial": trial.trial_id, "config": trial.config,
-                     "best_epoch": trial.best_epoch, "checkpoint": trial.checkpoint_path, **metrics})
-        print(f"trial {trial.trial_id}: test sampled hr@10 {metrics['test']['sampled']['hr@10']:.4f} "
-              f"ndcg@10 {metrics['test']['sampled']['ndcg@10']:.4f}; full hr@10 {metrics['test']['full']['hr@10']:.4f}",
-              flush=True)
-    for name in BASELINES:
-        config = replace(defaults(name), max_epochs=settings["max_epochs"], seed=settings["seed"])
-        final = Trainer(config, dataset).fit().final
-        rows.append({"model": {"pop": "popularity", "bpr": "BPR-MF", "cml": "CML"}[name], "valid": final["valid"],
-                     "test": final["test"]})
-        print(f"{name}: test sampled hr@10 {final['test']['sampled']['hr@10']:.4f}", flush=True)
-
-    out = Path(args.out) if args.out else REPO / "results" / experiment.name
-    searched = list(settings["space"])
-    table = experiment.table()
-    order = {trial.trial_id: i for i, trial in enumerate(experiment.analysis.trials)}
-    table["trial_order"] = table["trial_id"].map(order)
-    write_tables(out, table.drop(columns="trial_order"), {**rows[0]["config"], "trial": rows[0]["trial"],
-                                                          "valid": rows[0]["valid"], "test": rows[0]["test"]})
-    found = importances(table, searched)
-    write_summary(out, settings, rows, searched, found)
-    popularity = next(row for row in rows if row["model"] == "popularity")["valid"]["sampled"]["ndcg@10"]
-    write_plots(out, table, searched, popularity)
-    (out / "evaluation.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    out = Path(args.out) if args.out else REPO / "results" / lrml.name
+    out.mkdir(parents=True, exist_ok=True)
+    trials = pd.concat([experiment.table().assign(model=model) for model, experiment in searches.items()])
+    trials.to_csv(out / "trials.csv", index=False, float_format="%.6g")
+    (out / "best_config.json").write_text(json.dumps({r.model: r.config for r in results if r.config}, indent=2) + "\n")
+    (out / "evaluation.json").write_text(json.dumps(
+        [{k: v for k, v in asdict(r).items() if k != "per_user"} for r in results], indent=2) + "\n")
+    write_summary(out, {model: experiment.record for model, experiment in searches.items()}, results, lrml.table())
+    write_plots(out, searches, results)
     print(f"wrote {out}/summary.md, trials.csv, best_config.json, evaluation.json and plots")
     return 0
 

@@ -1,0 +1,125 @@
+"""tune/search.py and tune/best.py as users run them, each starting its own local Ray."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from conftest import REPO
+from lrml.train import MONITOR
+
+TUNE = REPO / "tune"
+
+
+def run_script(script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    process = subprocess.run([sys.executable, str(TUNE / script), *args], capture_output=True, text=True,
+                             timeout=timeout, cwd=REPO)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    return process
+
+
+def test_search_then_best_against_tuned_baselines(tmp_path):
+    storage = tmp_path / "ray"
+    search = run_script("search.py", "--num-samples", "4", "--max-epochs", "2", "--name", "e2e-lrml",
+                        "--storage-path", str(storage))
+    assert "best trial" in search.stdout and "next: python tune/best.py" in search.stdout
+    record = json.loads((storage / "e2e-lrml" / "lrml_search.json").read_text())
+    assert record["outcome"]["trials"] == 4 and record["outcome"]["errors"] == 0
+    assert record["settings"]["searcher"] == "tpe" and record["settings"]["scheduler"] == "asha"
+    # the Optuna study is in Optuna's own storage: the starting points first, every trial told
+    study = optuna.load_study(study_name="e2e-lrml", storage=JournalStorage(
+        JournalFileBackend(str(storage / "e2e-lrml" / "optuna-study.journal"))))
+    assert [t.params["reg_weight"] for t in study.trials[:2]] == [0.01, 0.1]
+    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
+
+    # best.py reads the searches where they are now: moved, as when a cluster's results are synced to a laptop
+    moved = tmp_path / "synced"
+    shutil.move(storage, moved)
+    out = tmp_path / "results"
+    best = run_script("best.py", str(moved / "e2e-lrml"), "--out", str(out), "--tune-baselines")
+    assert "searching CML with the LRML search's budget" in best.stdout
+    for model in ("cml", "bpr"):  # searched beside it, with the same budget and seed
+        baseline = json.loads((moved / f"e2e-{model}" / "lrml_search.json").read_text())
+        assert baseline["settings"]["model"] == model and baseline["settings"]["num_samples"] == 4
+        assert baseline["fingerprint"] == record["fingerprint"]
+    for name in ("summary.md", "trials.csv", "best_config.json", "evaluation.json",
+                 "optimization_history.png", "hyperparameters.png"):
+        assert (out / name).stat().st_size > 0, name
+    trials = pd.read_csv(out / "trials.csv")
+    assert sorted(trials["model"].unique()) == ["bpr", "cml", "lrml"] and len(trials) == 12
+    evaluation = {row["model"]: row for row in json.loads((out / "evaluation.json").read_text())}
+    assert list(evaluation) == ["lrml", "cml", "bpr", "pop"]
+    lrml = evaluation["lrml"]
+    # the best checkpoint's validation number is the one the search reported for that trial's best epoch
+    lrml_trials = trials[trials["model"] == "lrml"]
+    assert lrml["valid"]["sampled"]["ndcg@10"] == pytest.approx(lrml_trials[MONITOR].max(), abs=1e-6)
+    for row in evaluation.values():
+        for protocol in ("sampled", "full"):
+            ndcg = row["test"][protocol]["ndcg@10"]
+            assert ndcg["ci95"][0] <= ndcg["mean"] <= ndcg["ci95"][1]
+        if row["model"] != "lrml":
+            assert set(row["p_vs_lrml"]) == {"sampled", "full"} and all(0 < p <= 1 for p in row["p_vs_lrml"].values())
+        if row["model"] != "pop":
+            assert len(row["seeds"]["sampled"]["ndcg@10"]["values"]) == 5
+    summary = (out / "summary.md").read_text()
+    for text in ("LRML", "CML", "BPR-MF", "popularity", "p vs LRML", "retrained with seeds 1, 2, 3, 4, 5", "Verdict"):
+        assert text in summary, text
+
+    recommended = run_script("best.py", str(moved / "e2e-lrml"), "--recommend", "414").stdout.strip().splitlines()
+    assert len(recommended) == 10 and all("(" in line for line in recommended)  # titles with years
+
+
+def test_a_new_search_refuses_an_existing_experiment(tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "lrml_search.json").write_text("{}")
+    refused = subprocess.run([sys.executable, str(TUNE / "search.py"), "--name", "taken", "--storage-path",
+                              str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert refused.returncode != 0 and "already holds a search: pass --resume" in refused.stderr
+
+
+def test_resume_keeps_finished_trials(tmp_path):
+    storage = tmp_path / "ray"
+    args = [sys.executable, str(TUNE / "search.py"), "--num-samples", "4", "--max-epochs", "3", "--name", "resumable",
+            "--storage-path", str(storage)]
+    log = open(tmp_path / "search.log", "w+")  # a file, not a pipe: Ray's output would fill a pipe and stall it
+    process = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    experiment = storage / "resumable"
+    deadline = time.time() + 300
+    while time.time() < deadline and not finished_trials(experiment):
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves its state and stops
+    process.wait(timeout=180)
+    log.seek(0)
+    before = finished_trials(experiment)
+    assert before, log.read()[-3000:]
+    assert len(before) < 4, "the search finished before it could be interrupted"
+    results_before = {trial: (experiment / folder / "result.json").read_text() for trial, folder in before.items()}
+
+    resumed = subprocess.run([sys.executable, str(TUNE / "search.py"), "--name", "resumable", "--storage-path",
+                              str(storage), "--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = finished_trials(experiment)
+    assert len(after) == 4
+    for trial, text in results_before.items():  # finished trials were kept, not run again
+        assert (experiment / after[trial] / "result.json").read_text() == text
+
+
+def finished_trials(experiment: Path) -> dict[str, str]:
+    """Trial id -> folder of each trial whose last reported row says it is done."""
+    done = {}
+    for result in experiment.glob("run_trial_*/result.json"):
+        lines = result.read_text().strip().splitlines()
+        if lines and json.loads(lines[-1]).get("done"):
+            done[result.parent.name.split("_")[2]] = result.parent.name
+    return done

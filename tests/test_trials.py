@@ -1,0 +1,103 @@
+"""Trials on a real local Ray: the searcher tells Optuna what the scheduler did, and a trial gives the
+same metrics whether it trains in its own process or as a Ray Train run."""
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+import optuna
+import pandas as pd
+import pytest
+import ray
+import ray.cloudpickle
+from optuna.trial import TrialState
+from ray import tune
+
+from lrml.data import load_dataset, prepare
+from lrml.distributed import DatasetRef, TrialSpec, run_trial
+from lrml.train import MONITOR, defaults
+from lrml_tune.searcher import StudySearcher
+from lrml_tune.space import Param
+from lrml_tune.strategy import make_scheduler
+
+MAX_EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import a test module
+    ray.init(_node_ip_address="127.0.0.2", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def climbing(config):
+    """A trial whose validation metric is x * epoch, reported like lrml's trials; x < 0.1 fails at once."""
+    if config["x"] < 0.1:
+        raise RuntimeError("diverged")
+    for epoch in range(1, MAX_EPOCHS + 1):
+        tune.report({"epoch": epoch, MONITOR: config["x"] * epoch, "last_epoch": epoch == MAX_EPOCHS})
+
+
+def test_the_study_sees_stopped_trials_as_pruned_and_finished_ones_at_their_best(local_ray, tmp_path):
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3))
+    searcher = StudySearcher({"x": Param("uniform", low=0.0, high=1.0)}, study, MONITOR, "max",
+                             starting_points=[{"x": 0.5}, {"x": 0.05}])
+    tune.Tuner(climbing, tune_config=tune.TuneConfig(
+        metric=MONITOR, mode="max", search_alg=searcher, num_samples=12, max_concurrent_trials=1,
+        scheduler=make_scheduler("asha", MAX_EPOCHS, grace_period=1)),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+
+    trials = study.get_trials()
+    states = [trial.state for trial in trials]
+    assert len(trials) == 12 and TrialState.PRUNED in states and TrialState.COMPLETE in states, states
+    assert trials[0].params == {"x": 0.5} and trials[1].state == TrialState.FAIL  # the starting points came first
+    for trial in trials:
+        steps = sorted(trial.intermediate_values)
+        if trial.state == TrialState.COMPLETE:  # ran every epoch: its value is its best epoch's
+            assert steps == [1, 2, 3, 4] and trial.value == pytest.approx(max(trial.intermediate_values.values()))
+        elif trial.state == TrialState.PRUNED:  # ASHA stopped it at a rung: every epoch's value up to there
+            assert steps == list(range(1, steps[-1] + 1)) and steps[-1] in (1, 3)
+            assert trial.value == trial.intermediate_values[steps[-1]] == pytest.approx(trial.params["x"] * steps[-1])
+        else:
+            assert trial.state == TrialState.FAIL and trial.params["x"] < 0.1
+
+
+def fit_trial(spec: TrialSpec, storage, name: str, train_data=None) -> pd.DataFrame:
+    """One trial of ``spec`` (LRML's defaults) through Tune, as the search runs it; its reported epochs."""
+    results = tune.Tuner(
+        tune.with_resources(tune.with_parameters(run_trial, spec=spec, train_data=train_data), spec.trial_resources),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0)).fit()
+    assert results.num_errors == 0, results.errors
+    return results[0].metrics_dataframe
+
+
+@pytest.fixture(scope="module")
+def small_spec(local_ray, tmp_path_factory) -> tuple[TrialSpec, object]:
+    path = prepare(out_dir=tmp_path_factory.mktemp("data") / "small")
+    ref = DatasetRef(str(path), "ml-latest-small", None, load_dataset(path).fingerprint)
+    return TrialSpec(replace(defaults("lrml"), max_epochs=3), ref), ray.data.read_parquet(f"{path}/train.parquet").materialize()
+
+
+def test_a_trial_gives_the_same_metrics_in_its_own_process_and_as_a_ray_train_run(small_spec, tmp_path):
+    spec, train_data = small_spec
+    here = fit_trial(spec, tmp_path, "here")
+    train = fit_trial(replace(spec, ray_train=True, train_storage=str(tmp_path / "train")), tmp_path, "train", train_data)
+    assert list(here["epoch"]) == list(train["epoch"]) == [1, 2, 3]
+    for column in ("loss", MONITOR, "valid/sampled/hr@10"):
+        assert here[column].tolist() == pytest.approx(train[column].tolist(), rel=1e-9, abs=1e-12), column
+    assert here["last_epoch"].tolist() == [False, False, True]
+    assert here["checkpoint_dir_name"].notna().any() and train["checkpoint_path"].notna().any()
+
+
+def test_two_workers_match_one_worker(small_spec, tmp_path):
+    spec, train_data = small_spec
+    one = fit_trial(spec, tmp_path, "one")
+    two = fit_trial(replace(spec, workers=2, cpus_per_worker=0.5, ray_train=True, train_storage=str(tmp_path / "train")),
+                    tmp_path, "two", train_data)
+    assert list(one["epoch"]) == list(two["epoch"]) == [1, 2, 3]
+    total = spec.dataset.load().manifest["counts"]["train"]
+    assert one["worker_pairs"].iloc[0] == total
+    assert two["workers"].iloc[0] == 2 and abs(two["worker_pairs"].iloc[0] - total / 2) <= 2
+    # the same global batch and the same validation users: the metric agrees within noise
+    assert abs(one[MONITOR].iloc[-1] - two[MONITOR].iloc[-1]) < 0.03, (one[MONITOR].tolist(), two[MONITOR].tolist())

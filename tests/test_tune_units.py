@@ -1,0 +1,100 @@
+"""The search's pieces that need no Ray: space files, starting points, typed records, strategies, resources."""
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
+from lrml_tune.resources import plan_resources
+from lrml_tune.settings import RECORD_FILE, SearchOutcome, SearchRecord, SearchSettings
+from lrml_tune.space import Param, default_space_file, load_space, starting_points
+from lrml_tune.strategy import make_sampler, make_scheduler
+from lrml_tune.stats import bootstrap_ci, paired_randomization_test
+
+
+def test_every_model_space_loads_and_starts_from_the_defaults():
+    for model in ("lrml", "cml", "bpr"):
+        space = load_space(default_space_file(model))
+        points = starting_points(model, space)
+        assert points and all(set(point) == set(space) for point in points)
+    lrml = starting_points("lrml", load_space(default_space_file("lrml")))
+    assert [point["reg_weight"] for point in lrml] == [0.01, 0.1]  # the defaults, then the seed sketch's
+    assert "memory_size" not in load_space(default_space_file("bpr"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"lr": {"type": "loguniform", "low": 0.1,}}', r"space.json, line 1: not valid JSON"),
+    ('{"learning_rate": {"type": "uniform", "low": 0, "high": 1}}', r"'learning_rate' is not a hyperparameter"),
+    ('{"lr": {"type": "normal", "low": 0, "high": 1}}', r"'lr' needs a 'type' among choice, loguniform"),
+    ('{"lr": {"type": "loguniform", "low": 0, "high": 1}}', r"'lr' is loguniform and needs 'low' > 0"),
+    ('{"lr": {"type": "uniform", "low": 1, "high": 0.5}}', r"'lr' needs numbers 'low' < 'high'"),
+    ('{"batch_size": {"type": "choice", "values": []}}', r"'batch_size' is a choice and needs a non-empty list"),
+    ('{"seed": {"type": "choice", "values": [1, 2]}}', r"'seed' is not a hyperparameter"),
+    ('{"_comment": "nothing else"}', r"no hyperparameter to search"),
+])
+def test_a_bad_space_file_names_the_file_and_the_entry(tmp_path, text, message):
+    path = tmp_path / "space.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_space(path)
+
+
+def test_a_starting_point_outside_the_space_is_skipped(tmp_path):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({"lr": {"type": "loguniform", "low": 0.01, "high": 0.1},
+                                "reg_weight": {"type": "choice", "values": [0.01, 0.1]}}))
+    assert starting_points("lrml", load_space(path)) == []  # both points have lr 0.001
+
+
+def test_the_search_record_reads_back_as_the_same_types(tmp_path):
+    space = load_space(default_space_file("lrml"))
+    settings = SearchSettings(name="e", storage_path=str(tmp_path), space=space, concurrency=2, data_dir="/data")
+    outcome = SearchOutcome(trials=3, errors=0, epochs_trained=9, wall_seconds=20.0, search_started_at=1.5e9,
+                            search_seconds=10.0, training_seconds=15.0, concurrency=2, best_trial="abc",
+                            best_config={"lr": 0.001}, best_epoch=3, best_valid={"valid/sampled/ndcg@10": 0.4})
+    record = SearchRecord(settings, "/prepared", "fingerprint", outcome)
+    record.write()
+    found = SearchRecord.read(str(tmp_path / "e"))
+    assert found == record and isinstance(found.settings.space["embedding_dim"], Param)
+    assert found.settings.space["embedding_dim"].values == (32, 64, 100, 128)
+    assert found.outcome.training_share == pytest.approx(15.0 / (10.0 * 2))
+    raw = json.loads((tmp_path / "e" / RECORD_FILE).read_text())
+    (tmp_path / "e" / RECORD_FILE).write_text(json.dumps({**raw, "version": 1}))
+    with pytest.raises(ValueError, match="record version 1, this code reads 2"):
+        SearchRecord.read(str(tmp_path / "e"))
+
+
+def test_strategies():
+    assert isinstance(make_sampler("tpe", 0), optuna.samplers.TPESampler)
+    assert isinstance(make_sampler("random", 0), optuna.samplers.RandomSampler)
+    assert isinstance(make_scheduler("none", 20, 2), FIFOScheduler)
+    asha, hyperband = make_scheduler("asha", 20, 2), make_scheduler("hyperband", 20, 2)
+    assert isinstance(asha, AsyncHyperBandScheduler) and len(asha._brackets) == 1 and len(hyperband._brackets) == 3
+    assert [rung for rung, _ in asha._brackets[0]._rungs][::-1] == [2, 6, 18]  # grace 2, reduction factor 3
+    with pytest.raises(ValueError, match="searcher 'grid'"):
+        make_sampler("grid", 0)
+
+
+def test_resource_plan_fills_the_cluster():
+    assert plan_resources({"CPU": 2.0}, workers=1, cpus_per_worker=1, gpus_per_worker=0).concurrency == 2
+    assert plan_resources({"CPU": 16.0, "GPU": 1.0}, workers=2, cpus_per_worker=2, gpus_per_worker=0.25).concurrency == 2
+    with pytest.raises(ValueError, match="the cluster has 2 CPU and 0 GPU now .* pass --concurrency"):
+        plan_resources({"CPU": 2.0}, workers=2, cpus_per_worker=1, gpus_per_worker=1)
+    scaling = plan_resources({"CPU": 4.0}, workers=2, cpus_per_worker=2, gpus_per_worker=1, concurrency=4)
+    assert (scaling.concurrency, scaling.fits_now) == (4, 0)  # a cluster that autoscales: the user's concurrency
+    with pytest.raises(ValueError, match="concurrency must be at least 1; got 0"):
+        plan_resources({"CPU": 2.0}, workers=1, cpus_per_worker=1, gpus_per_worker=0, concurrency=0)
+
+
+def test_bootstrap_interval_and_paired_test_against_known_answers():
+    constant = [0.5] * 40
+    assert bootstrap_ci(constant) == (0.5, 0.5)
+    zero_one = [0.0, 1.0] * 200  # mean 0.5, standard error 0.025: the 95% interval is about 0.5 +- 0.049
+    low, high = bootstrap_ci(zero_one)
+    assert low == pytest.approx(0.451, abs=0.01) and high == pytest.approx(0.549, abs=0.01)
+    # three users, each 1 better: of the 8 equally likely sign patterns, 2 are as extreme -> p = 1/4
+    assert paired_randomization_test([1, 1, 1], [0, 0, 0]) == pytest.approx(0.25, abs=0.015)
+    assert paired_randomization_test([0.3] * 50, [0.3] * 50) == 1.0  # no difference at all
+    assert paired_randomization_test([1.0] * 30, [0.0] * 30) < 0.001

@@ -1,0 +1,92 @@
+"""A Ray Tune searcher over an Optuna study that sees each trial as Optuna's own loop would.
+
+Ray's ``OptunaSearch`` tells Optuna that a trial the scheduler stopped after 2 epochs is COMPLETE
+with its 2-epoch score, so TPE models truncated scores as final results. Here every epoch is an
+intermediate value, a trial the scheduler stopped is PRUNED (TPE ranks pruned trials by how far
+they got, below every complete one), a trial that ended by itself (``last_epoch`` in its final
+report: max epochs or patience) is COMPLETE with its best epoch's value, and an errored trial is FAIL.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from lrml_tune.space import Param
+
+STUDY_FILE = "optuna-study.journal"
+
+
+def create_study(experiment: str, name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """A maximising study, kept in Optuna's journal file inside a local experiment folder (where
+    ``optuna-dashboard`` and ``optuna.load_study`` open it), in memory for a cloud one."""
+    storage = None
+    if "://" not in experiment:
+        Path(experiment).mkdir(parents=True, exist_ok=True)
+        storage = JournalStorage(JournalFileBackend(str(Path(experiment) / STUDY_FILE)))
+    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize")
+
+
+class StudySearcher(Searcher):
+    """Suggest configurations from ``study``'s sampler over ``space``, starting with ``starting_points``."""
+
+    def __init__(self, space: dict[str, Param], study: optuna.Study, metric: str, mode: str = "max",
+                 starting_points: list[dict] = (), step: str = "epoch"):
+        super().__init__(metric=metric, mode=mode)
+        self.distributions = {name: param.distribution() for name, param in space.items()}
+        self.study = study
+        self.step = step
+        for point in starting_points:
+            study.enqueue_trial(point)
+        self.live: dict[str, optuna.Trial] = {}  # Tune trial id -> its Optuna trial
+        self.last_step: dict[str, int] = {}
+        self.best: dict[str, float] = {}
+
+    def suggest(self, trial_id: str) -> dict:
+        trial = self.study.ask(self.distributions)
+        trial.set_user_attr("tune_trial_id", trial_id)
+        self.live[trial_id] = trial
+        return dict(trial.params)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._record(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self.live:
+            return
+        if result:
+            self._record(trial_id, result)  # Tune does not pass the result that made the scheduler stop a trial
+        trial = self.live.pop(trial_id)
+        best = self.best.pop(trial_id, None)
+        self.last_step.pop(trial_id, None)
+        if error or best is None:
+            self.study.tell(trial, state=TrialState.FAIL)
+        elif result and result.get("last_epoch"):
+            self.study.tell(trial, best)
+        else:
+            self.study.tell(trial, state=TrialState.PRUNED)
+
+    def _record(self, trial_id: str, result: dict) -> None:
+        """Report a new epoch's value to the Optuna trial; a resumed trial's repeated epochs are skipped."""
+        value, step = result.get(self.metric), result.get(self.step)
+        trial = self.live.get(trial_id)
+        if trial is None or value is None or step is None or step <= self.last_step.get(trial_id, 0):
+            return
+        trial.report(value, step)
+        self.last_step[trial_id] = step
+        previous = self.best.get(trial_id)
+        if previous is None or (value > previous if self.mode == "max" else value < previous):
+            self.best[trial_id] = value
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__dict__, handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.__dict__.update(pickle.load(handle))

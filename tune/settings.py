@@ -1,0 +1,127 @@
+"""A search's settings and outcome as typed, versioned records, written once beside the experiment
+(``lrml_search.json``) and read back as the same types by ``--resume`` and ``tune/best.py``."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.fs
+
+from lrml_tune.space import Param
+
+RECORD_FILE = "lrml_search.json"
+RECORD_VERSION = 2
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What the command line decided: the data, the model and its space, the strategy, resources and storage."""
+
+    name: str
+    storage_path: str  # a folder (absolute), s3://... or gs://...
+    dataset: str = "ml-latest-small"
+    data_dir: str | None = None
+    model: str = "lrml"
+    num_samples: int = 64
+    max_epochs: int = 20
+    grace_period: int = 2
+    searcher: str = "tpe"
+    scheduler: str = "asha"
+    seed: int = 0
+    space_file: str = ""
+    space: dict[str, Param] = field(default_factory=dict)
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    concurrency: int | None = None  # trials at once; None: as many as the cluster holds now
+    max_failures: int = 2
+    address: str | None = None  # None: start a local Ray
+    node_ip_address: str | None = None
+
+    @property
+    def experiment(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """How a finished search went: its best trial at its best epoch, and where its time went."""
+
+    trials: int
+    errors: int
+    epochs_trained: int
+    wall_seconds: float  # the whole command, Ray's start and the data included
+    search_started_at: float  # Unix time at which Tuner.fit began
+    search_seconds: float  # Tuner.fit: the time the trial slots were open
+    training_seconds: float  # inside training epochs (training and validation), summed over trials
+    concurrency: int
+    best_trial: str
+    best_config: dict
+    best_epoch: int
+    best_valid: dict[str, float]
+
+    @property
+    def training_share(self) -> float:
+        """Of the trial slots' time (search time x trials at once), the share spent inside epochs."""
+        return self.training_seconds / (self.search_seconds * self.concurrency) if self.search_seconds else 0.0
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """``lrml_search.json``: the settings, the prepared dataset they ran on, and the outcome once finished."""
+
+    settings: SearchSettings
+    dataset_path: str
+    fingerprint: str
+    outcome: SearchOutcome | None = None
+    version: int = RECORD_VERSION
+
+    def write(self) -> None:
+        filesystem, path = _filesystem(self.settings.experiment)
+        filesystem.create_dir(path, recursive=True)
+        with filesystem.open_output_stream(f"{path}/{RECORD_FILE}") as handle:
+            handle.write((json.dumps(dataclasses.asdict(self), indent=2) + "\n").encode())
+
+    @staticmethod
+    def exists(experiment: str) -> bool:
+        filesystem, path = _filesystem(experiment)
+        return filesystem.get_file_info(f"{path}/{RECORD_FILE}").type == pyarrow.fs.FileType.File
+
+    @classmethod
+    def read(cls, experiment: str) -> "SearchRecord":
+        filesystem, path = _filesystem(experiment)
+        try:
+            with filesystem.open_input_stream(f"{path}/{RECORD_FILE}") as handle:
+                data = json.loads(handle.read().decode())
+        except FileNotFoundError:
+            raise ValueError(f"{experiment}: no {RECORD_FILE}; not a search made by tune/search.py") from None
+        if data.get("version") != RECORD_VERSION:
+            raise ValueError(f"{experiment}/{RECORD_FILE}: record version {data.get('version')!r}, this code reads "
+                             f"{RECORD_VERSION}; run the search again with this version")
+        return decode(cls, data)
+
+
+def _filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    return pyarrow.fs.FileSystem.from_uri(location if "://" in location else str(Path(location).resolve()))
+
+
+def decode(kind, value):
+    """``value`` (parsed JSON) as an instance of the annotated type ``kind``: dataclasses, optionals, dicts, tuples."""
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        return kind(**{f.name: decode(hints[f.name], value[f.name]) for f in dataclasses.fields(kind) if f.name in value})
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        return decode(next(arg for arg in typing.get_args(kind) if arg is not type(None)), value)
+    if origin is dict:
+        _, item_kind = typing.get_args(kind)
+        return {key: decode(item_kind, item) for key, item in value.items()}
+    if kind is tuple or origin is tuple:
+        return tuple(value)
+    return value
