@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from lrml.baselines import BPRMF, BPRConfig, Popularity, PopularityConfig
+from lrml.errors import CheckpointMismatch
 from lrml.model import LRML, LRMLConfig, Recommender
 
 FORMAT = "lrml-checkpoint"
@@ -44,13 +45,31 @@ def read(path: str | Path, expected_fingerprint: str | None = None) -> dict:
     """The checkpoint dict at ``path``, refused if it is not an lrml checkpoint of this version and dataset."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an lrml checkpoint")
+        raise CheckpointMismatch(f"{path}: not an lrml checkpoint")
     if checkpoint["version"] != VERSION:
-        raise ValueError(f"{path}: checkpoint version {checkpoint['version']}, this lrml reads {VERSION}")
-    if expected_fingerprint and checkpoint["dataset_fingerprint"] != expected_fingerprint:
-        raise ValueError(f"{path}: trained on dataset {checkpoint['dataset_fingerprint']}, "
-                         f"not the given dataset {expected_fingerprint}")
+        raise CheckpointMismatch(f"{path}: checkpoint version {checkpoint['version']}, this lrml reads {VERSION}")
+    if expected_fingerprint:
+        check_dataset(checkpoint, expected_fingerprint, str(path))
     return checkpoint
+
+
+def check_dataset(checkpoint: dict, fingerprint: str, origin: str) -> None:
+    """Refuse a checkpoint trained on another prepared dataset than the one with ``fingerprint``."""
+    if checkpoint["dataset_fingerprint"] != fingerprint:
+        raise CheckpointMismatch(f"{origin}: trained on dataset {checkpoint['dataset_fingerprint']}, "
+                                 f"not the given dataset {fingerprint}")
+
+
+def check_model(checkpoint: dict, model: Recommender, origin: str) -> None:
+    """Refuse a checkpoint of another model class or shape than ``model``, naming what differs."""
+    if checkpoint["model_class"] != type(model).__name__:
+        raise CheckpointMismatch(f"{origin}: a {checkpoint['model_class']} checkpoint, but this run trains "
+                                 f"{type(model).__name__}")
+    saved, wanted = checkpoint["model_config"], asdict(model.config)
+    differences = [f"{name} {saved.get(name)!r} (this run: {value!r})" for name, value in wanted.items()
+                   if saved.get(name) != value]
+    if differences:
+        raise CheckpointMismatch(f"{origin}: the checkpoint's model has {', '.join(differences)}")
 
 
 def load(path: str | Path, expected_fingerprint: str | None = None) -> tuple[Recommender, dict]:

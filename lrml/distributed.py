@@ -29,7 +29,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from lrml import checkpoint as checkpoints
 from lrml.data import Dataset, load_dataset, prepare
 from lrml.parallel import Collective, SingleProcess
-from lrml.train import MONITOR, EpochReport, Trainer, TrainConfig, canonical_pairs
+from lrml.train import MONITOR, EpochReport, TrainConfig, Trainer, canonical_pairs
 
 CHECKPOINT_FILE = "model.pt"
 # A trial that fits a TorchTrainer only waits on it: no CPU (a fraction would strand a node's CPU),
@@ -74,7 +74,7 @@ class TrialSpec:
     gpus_per_worker: float = 0.0
     ray_train: bool = False  # fit a TorchTrainer (always when workers > 1); else train in the trial's process
     train_storage: str | None = None  # where TorchTrainer runs keep their checkpoints
-    max_failures: int = 0  # TorchTrainer restarts after a worker fails
+    max_failures: int = 0  # TorchTrainer restarts after a worker fails or its workers could not start
 
     def __post_init__(self):
         if self.workers > 1 and not self.ray_train:
@@ -128,7 +128,9 @@ def _fit_torch_trainer(config: TrainConfig, spec: TrialSpec, train_data) -> None
         run_config=RunConfig(name=trial_id, storage_path=spec.train_storage, callbacks=[TuneReportCallback()],
                              checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=MONITOR,
                                                                 checkpoint_score_order="max"),
-                             failure_config=FailureConfig(max_failures=spec.max_failures))).fit()
+                             # bounded: workers that cannot start fail the trial after max_failures more tries
+                             failure_config=FailureConfig(max_failures=spec.max_failures,
+                                                          controller_failure_limit=spec.max_failures))).fit()
 
 
 def _worker_loop(config: TrainConfig, spec: TrialSpec, trial_id: str) -> None:

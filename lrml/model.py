@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrml.errors import UserError
+
 DISTANCES = ("l2", "squared")
 NEGATIVE_RELATIONS = ("positive", "own")
 REGULARIZERS = ("batch", "none", "seed")
@@ -27,6 +29,9 @@ class Recommender(nn.Module):
     """What every model here offers the trainer and the evaluators."""
 
     config: object
+    # Weight of the loss terms that do not depend on the batch (LRML's regulariser on its keys and
+    # memory). Data-parallel workers each add 1/workers of them, so their summed gradient counts them once.
+    shared_term_weight: float = 1.0
 
     def forward(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
         """The training loss (``model(...)`` is ``model.loss(...)`` with the module hooks PyTorch runs)."""
@@ -79,11 +84,11 @@ class LRMLConfig:
                                      ("negative_relation", self.negative_relation, NEGATIVE_RELATIONS),
                                      ("regularizer", self.regularizer, REGULARIZERS), ("init", self.init, INITS)):
             if value not in allowed:
-                raise ValueError(f"{name}={value!r}; expected one of {allowed}")
+                raise UserError(f"{name}={value!r}; expected one of {allowed}")
         if self.regularizer == "seed" and self.sparse:
-            raise ValueError("regularizer='seed' touches every embedding row each step; it needs sparse=False")
+            raise UserError("regularizer='seed' touches every embedding row each step; it needs sparse=False")
         if min(self.num_users, self.num_items, self.embedding_dim) < 1 or (self.use_memory and self.memory_size < 1):
-            raise ValueError(f"sizes must be positive: {self}")
+            raise UserError(f"sizes must be positive: {self}")
 
     @classmethod
     def seed_sketch(cls, num_users: int, num_items: int, embedding_dim: int, memory_size: int,
@@ -169,8 +174,11 @@ class LRML(Recommender):
             return 0.0
         if kind == "seed":
             return weight * sum(torch.norm(param, p=2) for param in self.parameters())
-        dense = [self.keys, self.memory] if self.config.use_memory else []
-        return 0.5 * weight * sum(t.pow(2).sum() for t in (*rows, *dense))
+        batch_rows = sum(t.pow(2).sum() for t in rows)
+        if not self.config.use_memory:
+            return 0.5 * weight * batch_rows
+        shared = self.keys.pow(2).sum() + self.memory.pow(2).sum()
+        return 0.5 * weight * (batch_rows + self.shared_term_weight * shared)
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         users, items = torch.broadcast_tensors(users, items)
@@ -179,22 +187,21 @@ class LRML(Recommender):
 
     @torch.no_grad()
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores against every item without ever holding users x items x d: with the attention ``a``
+        of a pair, ``r = a M`` and ``||p + r - q||^2 = ||p - q||^2 + a (M M^T) a^T + 2 a M (p - q)``,
+        so each (user, item) pair costs work over the N memory slots, not the d dimensions."""
         p = self._clip(self.user_embedding(users))
         q = self._clip(self.item_embedding.weight)
-        if not self.config.use_memory:
-            squared = torch.cdist(p, q).pow(2)
-            return -squared if self.config.distance == "squared" else -torch.sqrt(squared + 1e-3)
-        out = torch.empty(len(users), len(q), dtype=p.dtype, device=p.device)
-        width = max(self.config.embedding_dim, self.config.memory_size)
-        item_chunk = max(1, min(len(q), SCORE_CHUNK_ELEMENTS // (width * 64)))
-        user_chunk = max(1, SCORE_CHUNK_ELEMENTS // (width * item_chunk))
-        for u in range(0, len(p), user_chunk):
-            pu = p[u:u + user_chunk]
-            pk = pu.unsqueeze(2) * self.keys  # (B, d, N): logits[b, i] = q[i] @ (p[b] * K)
-            for i in range(0, len(q), item_chunk):
-                qi = q[i:i + item_chunk]
-                r = torch.softmax(torch.matmul(qi, pk), dim=-1) @ self.memory  # (B, I, d)
-                squared = (pu.unsqueeze(1) + r - qi).pow(2).sum(dim=-1)
-                out[u:u + user_chunk, i:i + item_chunk] = (
-                    -squared if self.config.distance == "squared" else -torch.sqrt(squared + 1e-3))
-        return out
+        apart = (p.pow(2).sum(1, keepdim=True) + q.pow(2).sum(1) - 2 * p @ q.T).clamp_(min=0)  # ||p - q||^2
+        if self.config.use_memory:
+            memory = self.memory
+            gram, memory_p, memory_q = memory @ memory.T, p @ memory.T, q @ memory.T  # (N, N), (B, N), (I, N)
+            item_chunk = max(1, min(len(q), SCORE_CHUNK_ELEMENTS // max(1, len(p) * self.config.memory_size)))
+            for start in range(0, len(q), item_chunk):
+                chunk = slice(start, start + item_chunk)
+                attention = torch.softmax(torch.matmul(q[chunk], p.unsqueeze(2) * self.keys), dim=-1)  # (B, I, N)
+                relation_norm = ((attention @ gram) * attention).sum(-1)
+                relation_dot = (attention * memory_p.unsqueeze(1)).sum(-1) - (attention * memory_q[chunk]).sum(-1)
+                apart[:, chunk] += relation_norm + 2 * relation_dot
+            apart.clamp_(min=0)
+        return -apart if self.config.distance == "squared" else -torch.sqrt(apart + 1e-3)

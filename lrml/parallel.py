@@ -36,6 +36,9 @@ class SingleProcess:
     def agree_max(self, value: int) -> int:
         return value
 
+    def agree_sum(self, values: list[float]) -> list[float]:
+        return values
+
     def agree_from_rank_zero(self, values: dict[str, float]) -> dict[str, float]:
         return values
 
@@ -52,7 +55,9 @@ class Collective:
         self._sync: GradientSync | None = None
 
     def attach(self, model: torch.nn.Module) -> None:
+        """Start from rank 0's weights; every worker adds its share of the loss terms that all of them hold."""
         self._sync = GradientSync(model)
+        model.shared_term_weight = 1.0 / self.world_size
 
     def sum_gradients(self) -> None:
         self._sync()
@@ -62,6 +67,12 @@ class Collective:
         found = torch.tensor([value], dtype=torch.long, device=self._sync.device)
         dist.all_reduce(found, op=dist.ReduceOp.MAX)
         return int(found.item())
+
+    def agree_sum(self, values: list[float]) -> list[float]:
+        """Each value summed over the workers."""
+        found = torch.tensor(values, dtype=torch.float64, device=self._sync.device)
+        dist.all_reduce(found)
+        return found.tolist()
 
     def agree_from_rank_zero(self, values: dict[str, float]) -> dict[str, float]:
         """Rank 0's ``values`` on every worker, so all of them report and decide alike."""

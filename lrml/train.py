@@ -19,10 +19,12 @@ import numpy as np
 import torch
 
 from lrml import checkpoint as checkpoints
+from lrml import cli
 from lrml.baselines import BPRMF, BPRConfig, Popularity, PopularityConfig
 from lrml.data import Dataset, SplitParams, load_dataset, prepare
-from lrml.evaluate import Evaluator
 from lrml.data.split import interaction_keys
+from lrml.errors import UserError
+from lrml.evaluate import Evaluator
 from lrml.model import LRML, LRMLConfig, Recommender, split_parameters
 from lrml.parallel import Collective, SingleProcess
 from lrml.sampling import NegativeSampler
@@ -54,11 +56,11 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.model not in MODELS:
-            raise ValueError(f"model={self.model!r}; expected one of {MODELS}")
+            raise UserError(f"model={self.model!r}; expected one of {MODELS}")
         if self.optimizer not in ("adam", "adagrad"):
-            raise ValueError(f"optimizer={self.optimizer!r}; expected 'adam' or 'adagrad'")
+            raise UserError(f"optimizer={self.optimizer!r}; expected 'adam' or 'adagrad'")
         if self.batch_size < 1 or self.max_epochs < 1 or self.lr <= 0:
-            raise ValueError(f"batch_size, max_epochs and lr must be positive: {self}")
+            raise UserError(f"batch_size, max_epochs and lr must be positive: {self}")
 
 
 # Each model's best setting by validation nDCG@10 on ml-100k from a small grid (lr, margin,
@@ -74,7 +76,7 @@ DEFAULTS = {
 def defaults(model: str) -> TrainConfig:
     """Good starting hyperparameters for ``model`` (not placeholders: see the README's table)."""
     if model not in DEFAULTS:
-        raise ValueError(f"model={model!r}; expected one of {MODELS}")
+        raise UserError(f"model={model!r}; expected one of {MODELS}")
     return DEFAULTS[model]
 
 
@@ -181,7 +183,7 @@ class Trainer:
         return keys // num_items, keys % num_items
 
     def train_epoch(self, users: np.ndarray, items: np.ndarray) -> float:
-        """One pass over the given positive pairs with fresh negatives; returns the mean loss per pair.
+        """One pass over the given positive pairs with fresh negatives; returns the mean loss per pair (over all workers).
 
         Every worker takes the same number of steps; a worker whose share is short wraps around.
         """
@@ -205,7 +207,8 @@ class Trainer:
             self.parallel.sum_gradients()
             self.optimizer.step()
             total += loss.detach()
-        return total.item() / max(min(steps * size, len(users)), 1)
+        loss_sum, pairs = self.parallel.agree_sum([total.item(), min(steps * size, len(users))])
+        return loss_sum / max(pairs, 1)
 
     def validate(self) -> dict[str, float]:
         """Sampled validation metrics, flat and prefixed (``valid/sampled/ndcg@10``); rank 0's on every worker."""
@@ -225,6 +228,9 @@ class Trainer:
 
     def _restore(self, checkpoint: dict) -> None:
         """Continue from ``checkpoint`` exactly as the run that wrote it would have gone on."""
+        origin = f"the checkpoint of epoch {checkpoint['epoch']}"
+        checkpoints.check_dataset(checkpoint, self.dataset.fingerprint, origin)
+        checkpoints.check_model(checkpoint, self.model, origin)
         self.model.load_state_dict(checkpoint["state_dict"])
         state = checkpoint["training_state"]
         self.optimizer.load_state_dict(state["optimizer"])
@@ -308,10 +314,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             help=f"default: the model's tuned value ({getattr(TrainConfig(), field.name)!r} for lrml)")
     parser.add_argument("--checkpoint", help="write the best epoch's checkpoint here")
     parser.add_argument("--metrics-out", help="write the final metrics here as JSON")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str]) -> int:
+    """The command without the error handling of ``main``."""
     args = parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if f.name != "model" and getattr(args, f.name) is not None}
@@ -328,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_out:
         Path(args.metrics_out).write_text(json.dumps(result.final, indent=2) + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lrml.train`` and ``lrml-train``: a mistake in the arguments is one line, not a traceback."""
+    return cli.run(run, argv, "lrml.train")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,34 @@ def ml100k_dataset(data_home):
 def small_dataset(data_home):
     from lrml.data import load_dataset, prepare
     return load_dataset(prepare())
+
+
+RAY_PROGRAMS = ("gcs_server", "raylet", "ray::", "default_worker.py", "dashboard.py", "dashboard/agent.py",
+                "runtime_env/agent", "log_monitor.py", "monitor.py", "ray_client_server", "setup_worker.py")
+
+
+def ray_processes() -> dict[int, str]:
+    """Process id -> command line of every Ray process on this machine."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if any(program in command for program in RAY_PROGRAMS) and "/ray/" in command or command.startswith("ray::"):
+            found[int(entry.name)] = command
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_ray_left_behind():
+    """After the whole run, no Ray process that the tests started may still be alive."""
+    before = set(ray_processes())
+    yield
+    deadline = time.time() + 60  # Ray's processes take a few seconds to notice that their cluster is gone
+    while (left := {pid: command for pid, command in ray_processes().items() if pid not in before}):
+        if time.time() > deadline:
+            pytest.fail(f"Ray processes left behind: {left}")
+        time.sleep(1)

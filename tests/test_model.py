@@ -4,8 +4,8 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-
 from conftest import SEED_SKETCH, require
+
 from lrml import checkpoint
 from lrml.baselines import BPRMF, BPRConfig, Popularity, PopularityConfig
 from lrml.model import LRML, LRMLConfig, clip_by_norm

@@ -7,18 +7,25 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
+pytestmark = pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
+
 HEAD, WORKER = "127.0.0.2", "127.0.0.3"
-PORT = 6390
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def ray_start(*args: str) -> None:
@@ -27,19 +34,24 @@ def ray_start(*args: str) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
-def node_processes(ip: str, temp_dir: Path) -> list[int]:
-    """Process ids of the Ray daemons and workers of the node at ``ip`` in this test's temp dir."""
-    pids = []
+def processes_of(temp_dir: Path, ip: str | None = None) -> list[int]:
+    """Every process of the Ray cluster kept in ``temp_dir`` (of its node at ``ip`` only, if given). A process
+    belongs to it if its command line names the folder or any file it holds open lies inside it, so workers
+    that have renamed themselves ``ray::...`` are found by their log files."""
+    found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            files = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
         except OSError:
             continue
-        if str(temp_dir) in command and (f"={ip}" in command or f" {ip} " in command or f"node-ip-address={ip}" in command):
-            pids.append(int(entry.name))
-    return pids
+        if str(temp_dir) not in command and not any(f.startswith(str(temp_dir)) for f in files):
+            continue
+        if ip is None or f"={ip}" in command or f" {ip} " in command:
+            found.append(int(entry.name))
+    return found
 
 
 def kill(pids: list[int]) -> None:
@@ -50,34 +62,48 @@ def kill(pids: list[int]) -> None:
             pass
 
 
-@pytest.fixture
-def ray_node():
-    """Starts Ray nodes on loopback (the head on 127.0.0.2 first); afterwards stops only these processes."""
-    temp_dir = Path("/tmp") / f"lrml-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
+class LoopbackCluster:
+    """Ray nodes on loopback addresses, on free ports, in a temp folder of their own; ``stop`` kills
+    every process they started, and only those."""
 
-    def start(ip: str, cpus: int) -> Path:
-        common = [f"--num-cpus={cpus}", "--disable-usage-stats", f"--node-ip-address={ip}"]
+    def __init__(self):
+        self.temp_dir = Path("/tmp") / f"lrml-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
+        self.address = f"{HEAD}:{free_port(HEAD)}"
+
+    def start(self, ip: str, cpus: int) -> None:
+        ports = [f"--dashboard-agent-listen-port={free_port(ip)}", f"--metrics-export-port={free_port(ip)}",
+                 f"--runtime-env-agent-port={free_port(ip)}", f"--node-manager-port={free_port(ip)}",
+                 f"--object-manager-port={free_port(ip)}"]
+        common = [f"--num-cpus={cpus}", "--disable-usage-stats", f"--node-ip-address={ip}", *ports]
         if ip == HEAD:
-            ray_start("--head", f"--port={PORT}", f"--temp-dir={temp_dir}", "--include-dashboard=true",
-                      "--dashboard-port=8275", "--dashboard-agent-listen-port=52375", "--metrics-export-port=8285",
-                      "--runtime-env-agent-port=52385", *common)
+            ray_start("--head", f"--port={self.address.split(':')[1]}", f"--temp-dir={self.temp_dir}",
+                      "--include-dashboard=true", f"--dashboard-port={free_port(HEAD)}", *common)
         else:
-            ray_start(f"--address={HEAD}:{PORT}", "--dashboard-agent-listen-port=52376", "--metrics-export-port=8286",
-                      "--runtime-env-agent-port=52386", *common)
-        return temp_dir
+            ray_start(f"--address={self.address}", *common)
 
-    yield start
-    kill(node_processes(WORKER, temp_dir) + node_processes(HEAD, temp_dir))
-    everything = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                  if str(temp_dir).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()] if temp_dir.exists() else []
-    kill(everything)
+    def kill_node(self, ip: str) -> None:
+        kill(processes_of(self.temp_dir, ip))
+
+    def stop(self) -> None:
+        for _ in range(3):  # a process may start another while the first ones die
+            kill(processes_of(self.temp_dir))
+            time.sleep(1)
+        assert processes_of(self.temp_dir) == [], "a process of the test cluster outlived it"
 
 
 @pytest.fixture
-def two_nodes(ray_node):
+def cluster():
+    started = LoopbackCluster()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def two_nodes(cluster):
     """A head on 127.0.0.2 and a worker node on 127.0.0.3, one CPU each."""
-    ray_node(HEAD, 1)
-    return ray_node(WORKER, 1)
+    cluster.start(HEAD, 1)
+    cluster.start(WORKER, 1)
+    return cluster
 
 
 def read(log) -> str:
@@ -86,8 +112,8 @@ def read(log) -> str:
     return log.read()
 
 
-def search(storage: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO / "tune" / "search.py"), "--address", f"{HEAD}:{PORT}",
+def search(cluster: LoopbackCluster, storage: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "tune" / "search.py"), "--address", cluster.address,
             "--node-ip-address", HEAD, "--storage-path", str(storage), *extra]
 
 
@@ -99,12 +125,12 @@ def trial_rows(experiment: Path) -> dict[str, list[dict]]:
 
 
 def test_trials_run_on_both_nodes_and_survive_losing_one(two_nodes, tmp_path):
-    refused = subprocess.run(search(tmp_path)[:-2] + ["--num-samples", "1"], env=ENV, capture_output=True,
+    refused = subprocess.run(search(two_nodes, tmp_path)[:-2] + ["--num-samples", "1"], env=ENV, capture_output=True,
                              text=True, timeout=300, cwd=REPO)
     assert refused.returncode != 0 and "pass --storage-path that every node can reach" in refused.stderr
 
     storage = tmp_path / "shared"
-    done = subprocess.run(search(storage, "--num-samples", "4", "--max-epochs", "2", "--name", "spread"),
+    done = subprocess.run(search(two_nodes, storage, "--num-samples", "4", "--max-epochs", "2", "--name", "spread"),
                           env=ENV, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = trial_rows(storage / "spread")
@@ -115,20 +141,22 @@ def test_trials_run_on_both_nodes_and_survive_losing_one(two_nodes, tmp_path):
     # the fault: kill the worker node while a trial trains there, once that trial has a checkpoint
     log = open(tmp_path / "fault.log", "w+")  # a file, not a pipe: Ray's output would fill a pipe and stall the search
     # --grace-period 30: ASHA stops no trial early, so the one we hit is still training when its node dies
-    running = subprocess.Popen(search(storage, "--num-samples", "2", "--max-epochs", "30", "--grace-period", "30",
-                                      "--name", "fault"),
+    running = subprocess.Popen(search(two_nodes, storage, "--num-samples", "2", "--max-epochs", "30",
+                                      "--grace-period", "30", "--name", "fault"),
                                env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     deadline, victim = time.time() + 300, None
     while time.time() < deadline and victim is None:
-        found = re.search(rf"run (\w+): worker rank 0 of 1 \(pid \d+, node {re.escape(WORKER)}\)", read(log))
-        if found and any((storage / "fault").glob(f"run_trial_{found.group(1)}_*/checkpoint_*")):
-            victim = found.group(1)
+        for stdout in (storage / "fault").glob("run_trial_*/stdout"):  # each trial's own output (log_to_file)
+            found = re.search(rf"run (\w+): worker rank 0 of 1 \(pid \d+, node {re.escape(WORKER)}\)",
+                              stdout.read_text())
+            if found and any(stdout.parent.glob("checkpoint_*")):
+                victim = found.group(1)
         time.sleep(0.2)
     assert victim, "no trial trained on the worker node"
-    kill(node_processes(WORKER, two_nodes))
+    two_nodes.kill_node(WORKER)
     running.wait(timeout=600)
     output = read(log)
-    assert running.returncode == 0 and "2 trials (0 errors)" in output, output[-4000:]
+    assert running.returncode == 0 and "2 trials (0 failed)" in output, output[-4000:]
     rows = trial_rows(storage / "fault")
     assert len(rows) == 2
     epochs = [row["epoch"] for row in rows[victim]]
@@ -138,26 +166,26 @@ def test_trials_run_on_both_nodes_and_survive_losing_one(two_nodes, tmp_path):
     assert rows[victim][-1]["train_node_ip"] == HEAD
 
 
-def test_a_cluster_that_scales_from_zero_gets_its_trials_once_nodes_join(ray_node, tmp_path):
+def test_a_cluster_that_scales_from_zero_gets_its_trials_once_nodes_join(cluster, tmp_path):
     """As on the cloud launchers: a head with no CPU for workers; a node joins once the search waits."""
-    ray_node(HEAD, 0)
+    cluster.start(HEAD, 0)
     storage = tmp_path / "shared"
-    refused = subprocess.run(search(storage, "--num-samples", "1"), env=ENV, capture_output=True, text=True,
+    refused = subprocess.run(search(cluster, storage, "--num-samples", "1"), env=ENV, capture_output=True, text=True,
                              timeout=300, cwd=REPO)
     assert refused.returncode != 0 and "the cluster has 0 CPU and 0 GPU now" in refused.stderr, refused.stderr[-2000:]
     assert "pass --concurrency N" in refused.stderr
 
     log = open(tmp_path / "scale.log", "w+")
-    running = subprocess.Popen(search(storage, "--num-samples", "2", "--max-epochs", "2", "--concurrency", "2",
-                                      "--name", "scale"),
+    running = subprocess.Popen(search(cluster, storage, "--num-samples", "2", "--max-epochs", "2",
+                                      "--concurrency", "2", "--name", "scale"),
                                env=ENV, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO)
     deadline = time.time() + 300
     while time.time() < deadline and "wait for the autoscaler" not in read(log):
         assert running.poll() is None, read(log)[-4000:]
         time.sleep(0.5)
-    ray_node(WORKER, 2)  # what the autoscaler would do: a node with room for both trials
+    cluster.start(WORKER, 2)  # what the autoscaler would do: a node with room for both trials
     running.wait(timeout=600)
     output = read(log)
-    assert running.returncode == 0 and "2 trials (0 errors)" in output, output[-4000:]
+    assert running.returncode == 0 and "2 trials (0 failed)" in output, output[-4000:]
     nodes = {row["train_node_ip"] for rows in trial_rows(storage / "scale").values() for row in rows}
     assert nodes == {WORKER}

@@ -8,9 +8,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from lrml.model import LRML, LRMLConfig
 from lrml.baselines import BPRMF, BPRConfig
-from lrml.parallel import GradientSync
+from lrml.model import LRML, LRMLConfig
+from lrml.parallel import Collective, GradientSync
 
 WORLD = 2
 
@@ -85,8 +85,8 @@ def check_two_halves_give_the_full_batch_gradient(rank: int) -> None:
     users = torch.randint(0, 30, (64,), generator=generator)
     pos, neg = torch.randint(0, 40, (64,), generator=generator), torch.randint(0, 40, (64,), generator=generator)
     models = {
-        # no regularizer on the memory: each worker would add it once, so the halves would count it twice
-        "lrml": lambda: LRML(LRMLConfig(30, 40, 8, 5, margin=0.5, reg_weight=0.0)),
+        # with the regulariser on the memory, which every worker holds whole: it must still count once per step
+        "lrml": lambda: LRML(LRMLConfig(30, 40, 8, 5, margin=0.5, reg_weight=0.1)),
         "bpr": lambda: BPRMF(BPRConfig(30, 40, 8, reg_weight=0.1)),
     }
     for name, build in models.items():
@@ -95,8 +95,10 @@ def check_two_halves_give_the_full_batch_gradient(rank: int) -> None:
         half.load_state_dict(whole.state_dict())
         whole.loss(users, pos, neg).backward()
         mine = slice(rank, None, WORLD)
+        parallel = Collective()
+        parallel.attach(half)
         half.loss(users[mine], pos[mine], neg[mine]).backward()
-        GradientSync(half)()
+        parallel.sum_gradients()
         for (param_name, expected), got in zip(whole.named_parameters(), half.parameters()):
             expected_grad = expected.grad.to_dense() if expected.grad.is_sparse else expected.grad
             got_grad = got.grad.to_dense() if got.grad.is_sparse else got.grad

@@ -1,7 +1,7 @@
 """Parsers on the real MovieLens files, and exact errors on broken lines."""
 import pytest
-
 from conftest import ML_100K, ML_LATEST_SMALL, SHARED_DATA, require
+
 from lrml.data import ParseError
 from lrml.data.parsers import parse_ratings, parse_titles
 

@@ -2,6 +2,7 @@
 import hashlib
 import http.server
 import json
+import multiprocessing
 import threading
 import zipfile
 from dataclasses import replace
@@ -9,10 +10,19 @@ from functools import partial
 
 import pandas as pd
 import pytest
-
 from conftest import ML_100K, require
-from lrml.data import (ArchiveError, ChecksumError, DataError, DatasetMismatchError, SplitParams,
-                       UnknownDatasetError, get_release, load_dataset, prepare)
+
+from lrml.data import (
+    ArchiveError,
+    ChecksumError,
+    DataError,
+    DatasetMismatchError,
+    SplitParams,
+    UnknownDatasetError,
+    get_release,
+    load_dataset,
+    prepare,
+)
 from lrml.data.download import download
 from lrml.data.sources import read_archive
 
@@ -98,7 +108,7 @@ def test_download_verifies_and_resumes_nothing_partial(tmp_path, loopback_server
     with pytest.raises(ChecksumError) as error:
         download(wrong, tmp_path / "again", progress=False)
     assert "0" * 64 in str(error.value) and release.archive_sha256 in str(error.value)
-    assert list((tmp_path / "again").iterdir()) == []  # the partial file is removed
+    assert [p.name for p in (tmp_path / "again").iterdir()] == ["ml-100k.zip.lock"]  # the partial file is removed
 
 
 def test_truncated_and_non_zip_archives(tmp_path):
@@ -125,7 +135,7 @@ def test_malformed_source_leaves_no_dataset_folder(tmp_path):
     with pytest.raises(DataError, match=r"u.data, line 7: rating 'three'"):
         prepare("ml-100k", folder, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["broken"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "broken"]  # no staging folder left
 
 
 def test_unknown_names_and_paths(tmp_path):
@@ -146,3 +156,23 @@ def test_parquet_layout(tmp_path):
     assert train["user"].max() == 942 and train["item"].max() <= 1681
     users = pd.read_parquet(d.path / "users.parquet")
     assert users["raw_id"].tolist() == list(range(1, 944))
+
+
+def _prepare_together(out_dir, barrier, paths) -> None:
+    barrier.wait()  # all processes start preparing at the same moment
+    paths.put(str(prepare(out_dir=out_dir, progress=False)))
+
+
+def test_processes_preparing_one_folder_at_once_leave_one_good_copy(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    barrier, paths = context.Barrier(3), context.Queue()
+    out_dir = tmp_path / "small"
+    workers = [context.Process(target=_prepare_together, args=(out_dir, barrier, paths)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0]
+    assert {paths.get(timeout=5) for _ in workers} == {str(out_dir)}
+    assert load_dataset(out_dir).manifest["counts"]["train"] == 99_616
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".small.lock", "small"]  # no staging or retired copies

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -12,11 +13,15 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from conftest import REPO
+from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from tensorboardX.proto import event_pb2
 
-from conftest import REPO
 from lrml.train import MONITOR
+
+pytestmark = pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
 
 TUNE = REPO / "tune"
 
@@ -31,8 +36,19 @@ def run_script(script: str, *args: str, timeout: int = 900) -> subprocess.Comple
 def test_search_then_best_against_tuned_baselines(tmp_path):
     storage = tmp_path / "ray"
     search = run_script("search.py", "--num-samples", "4", "--max-epochs", "2", "--name", "e2e-lrml",
-                        "--storage-path", str(storage))
+                        "--storage-path", str(storage), "--mlflow")
     assert "best trial" in search.stdout and "next: python tune/best.py" in search.stdout
+    # a console a person can follow: a line per trial, none wider than 100 columns; Ray's output in a log file
+    console = (search.stdout + search.stderr).splitlines()
+    assert len(console) < 20 and max(map(len, console)) <= 100, console
+    assert "Started a local Ray instance" in (storage / "e2e-lrml" / "search.log").read_text()
+    # the usual tools: TensorBoard files per trial, MLflow runs, the Optuna study (below)
+    for trial in storage.glob("e2e-lrml/run_trial_*"):
+        (events,) = trial.glob("events.out.tfevents.*")
+        assert len(tensorboard_scalars(events)[f"ray/tune/{MONITOR}"]) >= 1
+    mlflow = MlflowClient(f"sqlite:///{storage / 'e2e-lrml' / 'mlflow.db'}")
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name("e2e-lrml").experiment_id])
+    assert len(runs) == 4 and all(MONITOR in run.data.metrics for run in runs)
     record = json.loads((storage / "e2e-lrml" / "lrml_search.json").read_text())
     assert record["outcome"]["trials"] == 4 and record["outcome"]["errors"] == 0
     assert record["settings"]["searcher"] == "tpe" and record["settings"]["scheduler"] == "asha"
@@ -113,6 +129,18 @@ def test_resume_keeps_finished_trials(tmp_path):
     assert len(after) == 4
     for trial, text in results_before.items():  # finished trials were kept, not run again
         assert (experiment / after[trial] / "result.json").read_text() == text
+
+
+def tensorboard_scalars(events: Path) -> dict[str, list[float]]:
+    """Every scalar in a TensorBoard event file (records: length, its CRC, an Event protobuf, its CRC)."""
+    data, offset, found = events.read_bytes(), 0, {}
+    while offset < len(data):
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+        offset += 12 + length + 4
+        for value in event.summary.value:
+            found.setdefault(value.tag, []).append(value.simple_value)
+    return found
 
 
 def finished_trials(experiment: Path) -> dict[str, str]:

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from lrml import checkpoint
+from lrml.errors import CheckpointMismatch
 from lrml.sampling import NegativeSampler
-from lrml.train import MONITOR, Trainer, defaults, main
+from lrml.train import MONITOR, Trainer, TrainingDiverged, defaults, main
 
 
 def test_negatives_are_unseen_and_uniform(small_dataset):
@@ -89,3 +90,22 @@ def test_a_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one(small_data
     for before, after in zip(whole[saved["epoch"]:], resumed):  # optimizer and random states carried over
         assert after["loss"] == pytest.approx(before["loss"], abs=1e-6)
         assert after[MONITOR] == pytest.approx(before[MONITOR], abs=1e-6)
+
+
+def test_a_diverging_run_stops_with_the_reason_and_scores_nothing(small_dataset):
+    with pytest.raises(TrainingDiverged, match=r"epoch 1: loss nan, valid/sampled/ndcg@10 0.0: the model diverged"):
+        Trainer(replace(defaults("bpr"), max_epochs=3, lr=1e30), small_dataset).fit()
+
+
+def test_a_checkpoint_of_another_dataset_model_or_shape_is_refused(small_dataset, tmp_path):
+    config = replace(defaults("lrml"), max_epochs=1)
+    Trainer(config, small_dataset).fit(checkpoint_path=tmp_path / "lrml.pt", final_eval=False)
+    saved = checkpoint.read(tmp_path / "lrml.pt")
+    with pytest.raises(CheckpointMismatch, match="a LRML checkpoint, but this run trains BPRMF"):
+        Trainer(replace(defaults("bpr"), max_epochs=2), small_dataset).fit(resume=saved)
+    with pytest.raises(CheckpointMismatch, match=r"the checkpoint's model has embedding_dim 100 \(this run: 64\)"):
+        Trainer(replace(config, embedding_dim=64, max_epochs=2), small_dataset).fit(resume=saved)
+    with pytest.raises(CheckpointMismatch, match=r"trained on dataset elsewhere, not the given dataset"):
+        Trainer(replace(config, max_epochs=2), small_dataset).fit(resume={**saved, "dataset_fingerprint": "elsewhere"})
+    with pytest.raises(CheckpointMismatch, match=r"lrml.pt: trained on dataset \w+, not the given dataset 0123"):
+        checkpoint.read(tmp_path / "lrml.pt", expected_fingerprint="0123")

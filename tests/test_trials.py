@@ -16,9 +16,14 @@ from ray import tune
 from lrml.data import load_dataset, prepare
 from lrml.distributed import DatasetRef, TrialSpec, run_trial
 from lrml.train import MONITOR, defaults
+from lrml_tune.experiment import Experiment
 from lrml_tune.searcher import StudySearcher
+from lrml_tune.settings import SearchRecord, SearchSettings
 from lrml_tune.space import Param
 from lrml_tune.strategy import make_scheduler
+from lrml_tune.tuner import summarize
+
+pytestmark = pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
 
 MAX_EPOCHS = 4
 
@@ -101,3 +106,24 @@ def test_two_workers_match_one_worker(small_spec, tmp_path):
     assert two["workers"].iloc[0] == 2 and abs(two["worker_pairs"].iloc[0] - total / 2) <= 2
     # the same global batch and the same validation users: the metric agrees within noise
     assert abs(one[MONITOR].iloc[-1] - two[MONITOR].iloc[-1]) < 0.03, (one[MONITOR].tolist(), two[MONITOR].tolist())
+
+
+def flaring(config):
+    """Reports x, then fails if x is above 0.5: a trial that looked best before it diverged."""
+    tune.report({"epoch": 1, MONITOR: config["x"], "seconds": 0.1, "last_epoch": False})
+    if config["x"] > 0.5:
+        raise RuntimeError("diverged")
+    tune.report({"epoch": 2, MONITOR: config["x"], "seconds": 0.1, "last_epoch": True})
+
+
+def test_a_failed_trial_never_wins_however_good_it_looked(local_ray, tmp_path):
+    results = tune.Tuner(flaring, param_space={"x": tune.grid_search([0.9, 0.3, 0.4])},
+                         tune_config=tune.TuneConfig(metric=MONITOR, mode="max"),
+                         run_config=tune.RunConfig(name="flaring", storage_path=str(tmp_path), verbose=0)).fit()
+    assert results.num_errors == 1
+    outcome = summarize(results, wall_seconds=1.0, search_started_at=0.0, search_seconds=1.0, concurrency=1)
+    assert outcome.best_config == {"x": 0.4} and len(outcome.failures) == 1
+    assert list(outcome.failures.values())[0].endswith("RuntimeError: diverged")
+    settings = SearchSettings(name="flaring", storage_path=str(tmp_path), space={"x": Param("uniform", low=0.0, high=1.0)})
+    SearchRecord(settings, "unused", "unused", outcome).write()
+    assert [trial.config["x"] for trial in Experiment(str(tmp_path / "flaring")).trials] == [0.4, 0.3]

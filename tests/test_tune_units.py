@@ -7,11 +7,12 @@ import optuna
 import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
+from lrml_tune.compare import baseline_search_args, find_baseline
 from lrml_tune.resources import plan_resources
 from lrml_tune.settings import RECORD_FILE, SearchOutcome, SearchRecord, SearchSettings
 from lrml_tune.space import Param, default_space_file, load_space, starting_points
-from lrml_tune.strategy import make_sampler, make_scheduler
 from lrml_tune.stats import bootstrap_ci, paired_randomization_test
+from lrml_tune.strategy import make_sampler, make_scheduler
 
 
 def test_every_model_space_loads_and_starts_from_the_defaults():
@@ -98,3 +99,32 @@ def test_bootstrap_interval_and_paired_test_against_known_answers():
     assert paired_randomization_test([1, 1, 1], [0, 0, 0]) == pytest.approx(0.25, abs=0.015)
     assert paired_randomization_test([0.3] * 50, [0.3] * 50) == 1.0  # no difference at all
     assert paired_randomization_test([1.0] * 30, [0.0] * 30) < 0.001
+
+
+def test_baseline_searches_are_found_beside_the_lrml_search_only_with_the_same_budget(tmp_path):
+    space = load_space(default_space_file("lrml"))
+
+    def record(name: str, model: str, finished: bool = True, **budget) -> SearchRecord:
+        settings = SearchSettings(name=name, storage_path=str(tmp_path), model=model, space=space,
+                                  num_samples=budget.get("num_samples", 8), seed=budget.get("seed", 0))
+        outcome = SearchOutcome(trials=8, errors=0, epochs_trained=8, wall_seconds=1.0, search_started_at=0.0,
+                                search_seconds=1.0, training_seconds=1.0, concurrency=1, best_trial="t",
+                                best_config={}, best_epoch=1, best_valid={}) if finished else None
+        found = SearchRecord(settings, "/prepared", budget.get("fingerprint", "same"), outcome)
+        found.write()
+        return found
+
+    lrml = record("small-lrml", "lrml")
+    assert find_baseline(str(tmp_path / "small-lrml"), lrml, "cml") is None
+    record("other-cml", "cml", num_samples=16)  # another budget
+    record("seeded-cml", "cml", seed=1)  # another seed
+    record("elsewhere-cml", "cml", fingerprint="other")  # another dataset
+    record("unfinished-cml", "cml", finished=False)
+    assert find_baseline(str(tmp_path / "small-lrml"), lrml, "cml") is None
+    record("any-name-cml", "cml")
+    assert find_baseline(str(tmp_path / "small-lrml"), lrml, "cml") == str(tmp_path / "any-name-cml")
+    record("small-cml", "cml")  # the conventional name wins over another match
+    assert find_baseline(str(tmp_path / "small-lrml"), lrml, "cml") == str(tmp_path / "small-cml")
+    assert find_baseline(str(tmp_path / "small-lrml"), lrml, "bpr") is None
+    args = baseline_search_args(str(tmp_path / "small-lrml"), lrml, "bpr")
+    assert args[:4] == ["--model", "bpr", "--name", "small-bpr"] and "--num-samples" in args

@@ -23,33 +23,34 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lrml_tune import compare
-from lrml_tune import search
-from lrml_tune.experiment import Experiment
-from lrml import checkpoint
+from lrml import checkpoint, cli
 from lrml.data import Dataset, load_dataset, prepare
+from lrml.errors import UserError
 from lrml.evaluate import Evaluator
 from lrml.train import Trainer, defaults
+from lrml_tune import compare, search
+from lrml_tune.experiment import Experiment
 from lrml_tune.report import write_plots, write_summary
+from lrml_tune.settings import SearchRecord
 
-REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path("results")  # under the folder best.py is run from (the clone's root)
 
 
 def resolve(location: str) -> str:
     """A path, a URI, or the name of an experiment under results/ray/."""
     if "://" in location or Path(location).exists():
         return location
-    candidate = REPO / "results" / "ray" / location
+    candidate = (RESULTS / "ray" / location).resolve()
     if candidate.exists():
         return str(candidate)
-    raise ValueError(f"no experiment at {location!r} (nor {candidate})")
+    raise UserError(f"no experiment at {location!r} (nor {candidate})")
 
 
 def recommend(model, dataset: Dataset, raw_user: int, k: int = 10) -> list[tuple[int, str]]:
     """Top-k (raw item id, title) for a MovieLens user id, excluding everything they already rated."""
     matches = np.flatnonzero(dataset.user_raw_ids == raw_user)
     if len(matches) == 0:
-        raise ValueError(f"user {raw_user} is not in {dataset.manifest['dataset']}")
+        raise UserError(f"user {raw_user} is not in {dataset.manifest['dataset']}")
     user = int(matches[0])
     seen = np.concatenate([dataset.train_items[dataset.train_users == user],
                            dataset.valid_items[dataset.valid_users == user], dataset.test_items[dataset.test_users == user]])
@@ -57,10 +58,23 @@ def recommend(model, dataset: Dataset, raw_user: int, k: int = 10) -> list[tuple
     return [(int(dataset.item_raw_ids[i]), dataset.item_titles[i] or "") for i in top]
 
 
+def recorded_dataset(record: SearchRecord, data_dir: str | None) -> Dataset:
+    """The dataset the search ran on, from where it read it or from ``data_dir``, checked by fingerprint."""
+    data_dir = data_dir or record.settings.data_dir
+    if data_dir and not Path(data_dir).exists():
+        raise UserError(f"the search read {record.settings.dataset} from {data_dir}, which is not on this machine: "
+                        "pass --data-dir with its archive or folder")
+    dataset = load_dataset(prepare(record.settings.dataset, data_dir, progress=False))
+    if dataset.fingerprint != record.fingerprint:
+        raise UserError(f"the dataset at {dataset.path} has fingerprint {dataset.fingerprint}; the search ran on "
+                        f"{record.fingerprint} (another release, file or split?)")
+    return dataset
+
+
 def best_model(experiment: Experiment, dataset: Dataset, scratch: Path):
     """The best trial of ``experiment``, its model (from the checkpoint alone) and its training config."""
     if not experiment.trials:
-        raise ValueError(f"{experiment.location}: no trial reported validation metrics yet")
+        raise UserError(f"{experiment.location}: no trial reported validation metrics yet")
     trial = experiment.trials[0]
     model, saved = checkpoint.load(experiment.fetch_checkpoint(trial, scratch), expected_fingerprint=dataset.fingerprint)
     return trial, model, saved["train_config"]
@@ -74,7 +88,8 @@ def baseline_searches(lrml: Experiment, tune_missing: bool) -> dict[str, Experim
         location = compare.find_baseline(lrml.location, lrml.record, model)
         if location is None and tune_missing:
             print(f"searching {compare.LABELS[model]} with the LRML search's budget", flush=True)
-            search.main(args)
+            if search.run(args) != 0:
+                raise UserError(f"the {compare.LABELS[model]} search did not finish")
             location = compare.find_baseline(lrml.location, lrml.record, model)
         if location is None:
             command = " ".join(["python tune/search.py", *args])
@@ -85,7 +100,8 @@ def baseline_searches(lrml: Experiment, tune_missing: bool) -> dict[str, Experim
     return found
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str]) -> int:
+    """The command without the error handling of ``main``."""
     parser = argparse.ArgumentParser(prog="python tune/best.py", description=__doc__.splitlines()[0])
     parser.add_argument("experiment", help="LRML experiment folder, s3:// or gs:// URI, or name under results/ray/")
     parser.add_argument("--tune-baselines", action="store_true",
@@ -95,16 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="the dataset's archive or folder, if not where the search found it")
     parser.add_argument("--recommend", type=int, metavar="USER_ID", help="print this MovieLens user's top-10 films and stop")
     parser.add_argument("--out", help="results folder (default results/<experiment name>)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     args = parser.parse_args(argv)
 
-    lrml = Experiment(resolve(args.experiment))
-    record = lrml.record
+    location = resolve(args.experiment)
+    record = SearchRecord.read(location)
     if record.settings.model != "lrml":
-        raise ValueError(f"{lrml.location} is a {record.settings.model} search; best.py starts from an LRML search")
-    dataset = load_dataset(prepare(record.settings.dataset, args.data_dir or record.settings.data_dir, progress=False))
-    if dataset.fingerprint != record.fingerprint:
-        raise ValueError(f"the dataset at {dataset.path} has fingerprint {dataset.fingerprint}; the search ran on "
-                         f"{record.fingerprint}")
+        raise UserError(f"{location} is a {record.settings.model} search; best.py starts from an LRML search")
+    dataset = recorded_dataset(record, args.data_dir)
+    lrml = Experiment(location)
     with tempfile.TemporaryDirectory(prefix="lrml-best-") as scratch:  # checkpoints are copied here to load
         if args.recommend is not None:
             for raw_id, title in recommend(best_model(lrml, dataset, Path(scratch))[1], dataset, args.recommend):
@@ -126,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"retraining {len(results) - 1} configurations with seeds {list(compare.RETRAIN_SEEDS)}", flush=True)
         compare.add_seed_runs(results, str(dataset.path))
 
-    out = Path(args.out) if args.out else REPO / "results" / lrml.name
+    out = Path(args.out) if args.out else RESULTS / lrml.name
     out.mkdir(parents=True, exist_ok=True)
     trials = pd.concat([experiment.table().assign(model=model) for model, experiment in searches.items()])
     trials.to_csv(out / "trials.csv", index=False, float_format="%.6g")
@@ -137,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     write_plots(out, searches, results)
     print(f"wrote {out}/summary.md, trials.csv, best_config.json, evaluation.json and plots")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tune/best.py`` and ``lrml-best``: a mistake in the arguments is one line, not a traceback."""
+    return cli.run(run, argv, "best.py")
 
 
 if __name__ == "__main__":

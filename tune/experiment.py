@@ -42,7 +42,7 @@ class TrialSummary:
 
 
 class Experiment:
-    """A search's folder or URI, with its trials ranked by their best validation nDCG@10."""
+    """A search's folder or URI, with its trials that did not fail ranked by their best validation nDCG@10."""
 
     def __init__(self, location: str):
         self.location = location.rstrip("/") if "://" in location else str(Path(location).resolve())
@@ -60,6 +60,8 @@ class Experiment:
         frames = self.analysis.trial_dataframes
         summaries = []
         for trial in self.analysis.trials:
+            if trial.status == "ERROR":
+                continue  # a trial that failed (diverged, say) is never a candidate, however good it looked before
             frame = frames.get(trial.trial_id)
             if frame is None or MONITOR not in frame or frame[MONITOR].isna().all():
                 continue

@@ -11,8 +11,8 @@ import pandas as pd
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lrml_tune.compare import LABELS, RETRAIN_SEEDS, ModelResult  # noqa: E402
 from lrml.train import MONITOR  # noqa: E402
+from lrml_tune.compare import LABELS, RETRAIN_SEEDS, ModelResult  # noqa: E402
 from lrml_tune.settings import SearchRecord  # noqa: E402
 from lrml_tune.space import Param  # noqa: E402
 from lrml_tune.stats import RESAMPLES  # noqa: E402

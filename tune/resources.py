@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lrml.errors import UserError
+
 
 @dataclass(frozen=True)
 class ResourcePlan:
@@ -26,16 +28,16 @@ def plan_resources(cluster: dict[str, float], workers: int, cpus_per_worker: flo
     """Trials at once: ``concurrency`` when given (an autoscaling cluster grows to it), otherwise as
     many as the cluster holds now, which must be at least one."""
     if workers < 1 or cpus_per_worker <= 0 or gpus_per_worker < 0:
-        raise ValueError(f"need workers >= 1, cpus_per_worker > 0, gpus_per_worker >= 0; "
+        raise UserError(f"need workers >= 1, cpus_per_worker > 0, gpus_per_worker >= 0; "
                          f"got {workers}, {cpus_per_worker}, {gpus_per_worker}")
     if concurrency is not None and concurrency < 1:
-        raise ValueError(f"concurrency must be at least 1; got {concurrency}")
+        raise UserError(f"concurrency must be at least 1; got {concurrency}")
     cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
     fits = math.floor(cpus / (workers * cpus_per_worker) + 1e-9)
     if gpus_per_worker:
         fits = min(fits, math.floor(gpus / (workers * gpus_per_worker) + 1e-9))
     if concurrency is None and fits < 1:
-        raise ValueError(f"one trial needs {workers} x {cpus_per_worker} CPU and {workers} x {gpus_per_worker} GPU; "
+        raise UserError(f"one trial needs {workers} x {cpus_per_worker} CPU and {workers} x {gpus_per_worker} GPU; "
                          f"the cluster has {cpus:g} CPU and {gpus:g} GPU now (if it autoscales, pass --concurrency N: "
                          "the trials to run at once, and the autoscaler adds the nodes they need)")
     return ResourcePlan(concurrency or fits, fits)

@@ -12,30 +12,31 @@ It ends by printing the best trial's hyperparameters, validation metrics and che
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
 import ray
-from ray import tune
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from lrml_tune.experiment import best_epoch_row, valid_metrics
-from lrml.data import Dataset, SplitParams, get_release, load_dataset, prepare
-from lrml.distributed import DatasetRef, TrialSpec, run_trial
-from lrml.train import MODELS, MONITOR, defaults
+from lrml import cli
+from lrml.data import SplitParams, load_dataset, prepare
+from lrml.train import MODELS
+from lrml_tune.checks import check_settings, check_storage_shared
+from lrml_tune.local_ray import exclusive_local_ray
 from lrml_tune.resources import plan_resources
-from lrml_tune.searcher import StudySearcher, create_study
+from lrml_tune.searcher import STUDY_FILE
 from lrml_tune.settings import SearchOutcome, SearchRecord, SearchSettings
-from lrml_tune.space import default_space_file, load_space, starting_points
-from lrml_tune.strategy import DEFAULT_SCHEDULER, DEFAULT_SEARCHER, SCHEDULERS, SEARCHERS, make_sampler, make_scheduler
+from lrml_tune.space import default_space_file, load_space
+from lrml_tune.strategy import DEFAULT_SCHEDULER, DEFAULT_SEARCHER, SCHEDULERS, SEARCHERS
+from lrml_tune.tuner import build_tuner, finished, summarize, trial_spec
+from lrml_tune.watch import LOG_FILE, check_loggers, mlflow_uri, send_ray_output_to
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_STORAGE = REPO / "results" / "ray"
+DEFAULT_STORAGE = Path("results") / "ray"  # under the folder the search is started from (the clone's root)
 SEARCHABLE_MODELS = tuple(model for model in MODELS if model != "pop")
 # Ray swaps 127.0.0.1 for the machine's network address; on Linux every 127.x.y.z is loopback, so a
 # local search registers on 127.0.0.2 and listens on nothing outside the machine. Elsewhere
@@ -71,9 +72,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[SearchSettings, bool]:
     parser.add_argument("--space", help="search space JSON (default tune/spaces/<model>.json)")
     parser.add_argument("--max-failures", type=int, default=2,
                         help="restarts of a trial after a worker or node fails, from its last checkpoint (default 2)")
+    parser.add_argument("--worker-start-timeout", type=float, default=600.0,
+                        help="seconds a trial's Ray Train workers may take to start before the attempt fails "
+                             "(default 600; an autoscaling cluster adds nodes meanwhile)")
     parser.add_argument("--node-ip-address", help="this machine's address in the cluster, if Ray picks the wrong one")
+    parser.add_argument("--mlflow", nargs="?", const="", metavar="TRACKING_URI",
+                        help="log every trial to MLflow (default store: mlflow.db in the experiment folder)")
+    parser.add_argument("--wandb", action="store_true", help="log every trial to Weights & Biases (needs wandb)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     args = parser.parse_args(argv)
-    storage = args.storage_path or str(DEFAULT_STORAGE)
+    storage = args.storage_path or str(DEFAULT_STORAGE.resolve())
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())  # Tune needs it absolute
     name = args.name or f"{args.dataset}-{args.model}"
@@ -88,157 +96,142 @@ def parse_args(argv: list[str] | None = None) -> tuple[SearchSettings, bool]:
         searcher=args.searcher, scheduler=args.scheduler, seed=args.seed, space_file=space_file,
         space=load_space(space_file), workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, concurrency=args.concurrency, max_failures=args.max_failures,
-        address=args.address, node_ip_address=args.node_ip_address)
-    check_settings(settings)
+        worker_start_timeout=args.worker_start_timeout, address=args.address, node_ip_address=args.node_ip_address,
+        mlflow=args.mlflow, wandb=args.wandb)
     return settings, False
-
-
-def check_settings(settings: SearchSettings) -> None:
-    """Refuse settings that cannot work, naming the value, before Ray starts."""
-    for flag, value in (("--num-samples", settings.num_samples), ("--max-epochs", settings.max_epochs),
-                        ("--grace-period", settings.grace_period), ("--workers-per-trial", settings.workers_per_trial)):
-        if value < 1:
-            raise ValueError(f"{flag} must be at least 1; got {value}")
-    if settings.grace_period > settings.max_epochs:
-        raise ValueError(f"--grace-period {settings.grace_period} is longer than --max-epochs {settings.max_epochs}")
-    get_release(settings.dataset)  # an unknown dataset names the known ones
-    if settings.data_dir and not Path(settings.data_dir).exists():
-        raise ValueError(f"--data-dir {settings.data_dir}: no such file or folder")
-    if SearchRecord.exists(settings.experiment):
-        raise ValueError(f"{settings.experiment} already holds a search: pass --resume to continue it, or another "
-                         "--name")
 
 
 def connect(settings: SearchSettings) -> None:
     """Join the cluster at ``settings.address``, or start a local Ray that listens on loopback only."""
-    runtime_env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}}
-    if settings.address:
-        ray.init(address=settings.address, runtime_env=runtime_env, _node_ip_address=settings.node_ip_address)
+    # the Ray Train controllers of multi-worker trials read these: how often they poll, how long workers may start
+    runtime_env = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+                                "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": f"{settings.worker_start_timeout:g}"}}
+    if settings.address:  # the workers' output stays in Ray's logs and the trials' folders, off the console
+        ray.init(address=settings.address, runtime_env=runtime_env, _node_ip_address=settings.node_ip_address,
+                 log_to_driver=False)
     else:
         ray.init(_node_ip_address=settings.node_ip_address or LOCAL_NODE_IP, include_dashboard=True,
-                 runtime_env=runtime_env)
+                 runtime_env=runtime_env, log_to_driver=False)
 
 
-def check_storage(storage_path: str, given: bool) -> None:
-    """On a cluster of several nodes, refuse storage that some node cannot reach."""
-    nodes = [node for node in ray.nodes() if node["Alive"]]
-    if len(nodes) < 2:
+def continue_command(settings: SearchSettings, prog: str) -> str:
+    """The command that continues this search where it stopped."""
+    command = f"{prog} --resume --name {settings.name} --storage-path {settings.storage_path}"
+    return command + (f" --address {settings.address}" if settings.address else "")
+
+
+def search(settings: SearchSettings, resume: bool, prog: str) -> int:
+    """Run the search on a local Ray (held alone on this machine) or the given cluster; 0 when it finished."""
+    local = contextlib.nullcontext() if settings.address else exclusive_local_ray(settings.experiment)
+    with local, _sigterm_as_sigint() as signals:
+        started = time.perf_counter()
+        announce(settings)
+        dataset = load_dataset(prepare(settings.dataset, settings.data_dir, params=SplitParams()))
+        counts = dataset.manifest["counts"]
+        print(f"{settings.dataset}: {counts['users']} users, {counts['items']} items, {counts['train']} training "
+              "pairs", flush=True)
+        connect(settings)
+        try:
+            concurrency = plan(settings)
+            tuner = build_tuner(settings, trial_spec(settings, dataset), concurrency, resume)
+            record = SearchRecord(settings, str(dataset.path), dataset.fingerprint)
+            if not resume:
+                record.write()
+            search_started, search_started_at = time.perf_counter(), time.time()
+            results = tuner.fit()
+            now = time.perf_counter()
+        finally:
+            ray.shutdown()
+    if signals or finished(results) < settings.num_samples:
+        name = signal.Signals(signals[-1]).name if signals else "SIGINT"
+        print(f"\nsearch interrupted ({name}): {finished(results)} of {settings.num_samples} trials finished; "
+              f"nothing is summarised. Continue it with:\n  {continue_command(settings, prog)}", file=sys.stderr)
+        return 128 + (signals[-1] if signals else signal.SIGINT)
+    outcome = summarize(results, now - started, search_started_at, now - search_started, concurrency)
+    replace(record, outcome=outcome).write()
+    print_outcome(outcome, settings)
+    return 0 if outcome.best_trial is not None else 1
+
+
+def announce(settings: SearchSettings) -> None:
+    """Say where the search writes and how to watch it; from here on Ray's own output goes to its log file."""
+    log_file = (Path.cwd() if "://" in settings.experiment else Path(settings.experiment)) / LOG_FILE
+    send_ray_output_to(log_file)
+    lines = [f"experiment {settings.experiment}", f"  Ray's log: {log_file}",
+             f"  tensorboard --logdir {settings.experiment}", f"  optuna-dashboard {settings.experiment}/{STUDY_FILE}"]
+    if settings.mlflow is not None:
+        lines.append(f"  mlflow ui --backend-store-uri {mlflow_uri(settings)}")
+    print("\n".join(lines), flush=True)
+
+
+def plan(settings: SearchSettings) -> int:
+    """Check the cluster's storage and resources; how many trials run at once."""
+    check_storage_shared(settings.storage_path, settings.storage_path != str(DEFAULT_STORAGE.resolve()))
+    resources = plan_resources(ray.cluster_resources(), settings.workers_per_trial, settings.cpus_per_worker,
+                               settings.gpus_per_worker, settings.concurrency)
+    print(f"{settings.model}: {settings.searcher} searcher, {settings.scheduler} scheduler; {resources.concurrency} "
+          f"trial(s) at a time, each {settings.workers_per_trial} worker(s) x {settings.cpus_per_worker:g} CPU"
+          f"{f' x {settings.gpus_per_worker:g} GPU' if settings.gpus_per_worker else ''}", flush=True)
+    if resources.fits_now < resources.concurrency:
+        print(f"the cluster holds {resources.fits_now} such trial(s) now; the rest, and reading the data, "
+              "wait for the autoscaler", flush=True)
+    return resources.concurrency
+
+
+def print_outcome(outcome: SearchOutcome, settings: SearchSettings) -> None:
+    """The failed trials and why, where the time went, and the best trial (never a failed one)."""
+    for folder, reason in outcome.failures.items():
+        print(f"failed: {folder}: {reason}")
+    print(f"{outcome.trials} trials ({outcome.errors} failed), {outcome.epochs_trained} epochs in "
+          f"{outcome.wall_seconds:.0f}s ({outcome.search_seconds:.0f}s searching); {outcome.concurrency} trial(s) at a "
+          f"time spent {100 * outcome.training_share:.0f}% of their time inside training epochs")
+    if outcome.best_trial is None:
+        print("no trial reported a validation metric: nothing to evaluate", file=sys.stderr)
         return
-    if not given:
-        raise ValueError(f"this Ray cluster has {len(nodes)} nodes: pass --storage-path that every node can reach "
-                         "(s3://bucket/path, gs://bucket/path, or a folder on a mount all nodes share)")
-    if "://" in storage_path:
-        return
-    marker = Path(storage_path) / f".lrml-storage-check-{uuid.uuid4().hex}"
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("written by tune/search.py to check that every node sees this folder\n")
+    print(f"best trial {outcome.best_trial}: {json.dumps(outcome.best_config)}")
+    print("validation (sampled, best epoch {}): {}".format(
+        outcome.best_epoch, ", ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in outcome.best_valid.items())))
+    print(f"next: python tune/best.py {settings.experiment}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_sigint():
+    """Treat SIGTERM as Ctrl-C (Tune then saves the experiment and stops); yields the signals received."""
+    received: list[int] = []
+
+    def forward(number, frame):
+        received.append(number)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
-        seen = ray.get([_exists.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-                        .remote(str(marker)) for node in nodes])
+        yield received
     finally:
-        marker.unlink()
-    blind = [node["NodeManagerAddress"] for node, ok in zip(nodes, seen) if not ok]
-    if blind:
-        raise ValueError(f"--storage-path {storage_path} is not visible on node(s) {', '.join(blind)}: use a shared "
-                         "mount, s3:// or gs://")
+        signal.signal(signal.SIGTERM, previous)
 
 
-@ray.remote(num_cpus=0)
-def _exists(path: str) -> bool:
-    return os.path.exists(path)
-
-
-def trial_spec(settings: SearchSettings, dataset: Dataset) -> TrialSpec:
-    """What every trial shares: the model's defaults with this search's budget and seed, the dataset, resources."""
-    base = replace(defaults(settings.model), max_epochs=settings.max_epochs, seed=settings.seed)
-    return TrialSpec(base, DatasetRef(str(dataset.path), settings.dataset, settings.data_dir, dataset.fingerprint),
-                     workers=settings.workers_per_trial, cpus_per_worker=settings.cpus_per_worker,
-                     gpus_per_worker=settings.gpus_per_worker, ray_train=settings.workers_per_trial > 1,
-                     train_storage=f"{settings.experiment}/train", max_failures=settings.max_failures)
-
-
-def build_tuner(settings: SearchSettings, spec: TrialSpec, concurrency: int, resume: bool) -> tune.Tuner:
-    """The Tuner: the chosen searcher over an Optuna study, the chosen scheduler, one trial per configuration."""
-    # trials of several workers share one read of train.parquet through Ray Data; one-worker trials read the folder
-    train_data = (ray.data.read_parquet(f"{spec.dataset.path}/train.parquet").materialize() if spec.ray_train else None)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec, train_data=train_data),
-                                    spec.trial_resources)
-    if resume:
-        if not tune.Tuner.can_restore(settings.experiment):
-            raise ValueError(f"--resume: no search to resume at {settings.experiment}")
-        return tune.Tuner.restore(settings.experiment, trainable=trainable, resume_unfinished=True,
-                                  restart_errored=True)
-    study = create_study(settings.experiment, settings.name, make_sampler(settings.searcher, settings.seed))
-    searcher = StudySearcher(settings.space, study, MONITOR, "max", starting_points(settings.model, settings.space))
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            metric=MONITOR, mode="max", search_alg=searcher, num_samples=settings.num_samples,
-            scheduler=make_scheduler(settings.scheduler, settings.max_epochs, settings.grace_period),
-            max_concurrent_trials=concurrency,
-            # a trial that trains in its own process ends cleanly when stopped, so Tune can hand the process on
-            reuse_actors=not spec.ray_train),
-        run_config=tune.RunConfig(
-            name=settings.name, storage_path=settings.storage_path, verbose=1,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=MONITOR,
-                                                    checkpoint_score_order="max"),
-            failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
-
-
-def summarize(results: tune.ResultGrid, wall_seconds: float, search_started_at: float, search_seconds: float,
-              concurrency: int) -> SearchOutcome:
-    """The best trial over all its epochs, and how the search spent its time."""
-    frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and MONITOR in r.metrics_dataframe]
-    best = results.get_best_result(metric=MONITOR, mode="max", scope="all")
-    best_row = best_epoch_row(best.metrics_dataframe)
-    return SearchOutcome(
-        trials=len(results), errors=results.num_errors, epochs_trained=int(sum(len(f) for f in frames)),
-        wall_seconds=round(wall_seconds, 1), search_started_at=search_started_at, search_seconds=round(search_seconds, 1),
-        training_seconds=round(sum(float(frame["seconds"].sum()) for frame in frames), 1), concurrency=concurrency,
-        best_trial=str(best_row["trial_id"]), best_config=best.config, best_epoch=int(best_row["epoch"]),
-        best_valid=valid_metrics(best_row))
+def run(argv: list[str]) -> int:
+    """The command without the error handling of ``main``: for callers that want the exceptions."""
+    settings, resume = parse_args(argv)
+    check_settings(settings, resume)
+    check_loggers(settings)
+    prog = "python tune/search.py" if Path(sys.argv[0]).name == "search.py" else "lrml-search"
+    # Tune saves the experiment (trials, searcher) at least every 2 s: a killed driver loses at most that much
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    try:
+        return search(settings, resume, prog)
+    except KeyboardInterrupt:
+        if SearchRecord.exists(settings.experiment):
+            print(f"\nsearch interrupted; continue it with:\n  {continue_command(settings, prog)}", file=sys.stderr)
+        else:
+            print("\nsearch interrupted before it started; nothing to continue", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings, resume = parse_args(argv)
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # a Ray Train run notices its end in 0.5 s, not 2
-    started = time.perf_counter()
-    dataset = load_dataset(prepare(settings.dataset, settings.data_dir, params=SplitParams()))
-    counts = dataset.manifest["counts"]
-    print(f"{settings.dataset}: {counts['users']} users, {counts['items']} items, {counts['train']} training pairs",
-          flush=True)
-    connect(settings)
-    try:
-        check_storage(settings.storage_path, settings.storage_path != str(DEFAULT_STORAGE))
-        plan = plan_resources(ray.cluster_resources(), settings.workers_per_trial, settings.cpus_per_worker,
-                              settings.gpus_per_worker, settings.concurrency)
-        print(f"{settings.model}: {settings.searcher} searcher, {settings.scheduler} scheduler; {plan.concurrency} "
-              f"trial(s) at a time, each {settings.workers_per_trial} worker(s) x {settings.cpus_per_worker:g} CPU"
-              f"{f' x {settings.gpus_per_worker:g} GPU' if settings.gpus_per_worker else ''}; "
-              f"experiment {settings.experiment}", flush=True)
-        if plan.fits_now < plan.concurrency:
-            print(f"the cluster holds {plan.fits_now} such trial(s) now; the rest, and reading the data, "
-                  "wait for the autoscaler", flush=True)
-        spec = trial_spec(settings, dataset)
-        tuner = build_tuner(settings, spec, plan.concurrency, resume)
-        record = SearchRecord(settings, str(dataset.path), dataset.fingerprint)
-        if not resume:
-            record.write()
-        search_started, search_started_at = time.perf_counter(), time.time()
-        results = tuner.fit()
-        now = time.perf_counter()
-        outcome = summarize(results, now - started, search_started_at, now - search_started, plan.concurrency)
-        replace(record, outcome=outcome).write()
-    finally:
-        ray.shutdown()
-    print(f"\nbest trial {outcome.best_trial}: {json.dumps(outcome.best_config)}")
-    print("validation (sampled, best epoch {}): {}".format(
-        outcome.best_epoch, ", ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in outcome.best_valid.items())))
-    print(f"{outcome.trials} trials ({outcome.errors} errors), {outcome.epochs_trained} epochs in "
-          f"{outcome.wall_seconds:.0f}s ({outcome.search_seconds:.0f}s searching); {outcome.concurrency} trial(s) at a "
-          f"time spent {100 * outcome.training_share:.0f}% of their time inside training epochs")
-    print(f"next: python tune/best.py {settings.experiment}")
-    return 0
+    """``tune/search.py`` and ``lrml-search``: a mistake in the arguments is one line, not a traceback."""
+    return cli.run(run, argv, "search.py")
 
 
 if __name__ == "__main__":

@@ -64,12 +64,13 @@ class StudySearcher(Searcher):
         trial = self.live.pop(trial_id)
         best = self.best.pop(trial_id, None)
         self.last_step.pop(trial_id, None)
+        # a trial told before the driver died and run again after --resume keeps its first verdict
         if error or best is None:
-            self.study.tell(trial, state=TrialState.FAIL)
+            self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         elif result and result.get("last_epoch"):
-            self.study.tell(trial, best)
+            self.study.tell(trial, best, skip_if_finished=True)
         else:
-            self.study.tell(trial, state=TrialState.PRUNED)
+            self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
 
     def _record(self, trial_id: str, result: dict) -> None:
         """Report a new epoch's value to the Optuna trial; a resumed trial's repeated epochs are skipped."""
@@ -77,7 +78,10 @@ class StudySearcher(Searcher):
         trial = self.live.get(trial_id)
         if trial is None or value is None or step is None or step <= self.last_step.get(trial_id, 0):
             return
-        trial.report(value, step)
+        try:
+            trial.report(value, step)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # finished before the driver died; Tune runs it again from its checkpoint after --resume
         self.last_step[trial_id] = step
         previous = self.best.get(trial_id)
         if previous is None or (value > previous if self.mode == "max" else value < previous):
@@ -88,5 +92,14 @@ class StudySearcher(Searcher):
             pickle.dump(self.__dict__, handle)
 
     def restore(self, checkpoint_path: str) -> None:
+        """Take back the state Tune saved; trials the study started after that save are marked failed.
+
+        Tune saves the searcher every few seconds, the study records every step at once: a driver
+        killed in between leaves study trials that the restored Tune knows nothing of.
+        """
         with open(checkpoint_path, "rb") as handle:
             self.__dict__.update(pickle.load(handle))
+        known = {trial.number for trial in self.live.values()}
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number not in known:
+                self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from lrml.errors import UserError
 from lrml_tune.space import Param
 
 RECORD_FILE = "lrml_search.json"
@@ -39,8 +40,11 @@ class SearchSettings:
     gpus_per_worker: float = 0.0
     concurrency: int | None = None  # trials at once; None: as many as the cluster holds now
     max_failures: int = 2
+    worker_start_timeout: float = 600.0  # seconds a Ray Train trial's workers may take to start, per attempt
     address: str | None = None  # None: start a local Ray
     node_ip_address: str | None = None
+    mlflow: str | None = None  # None: no MLflow; "": an SQLite store in the experiment folder; else a tracking URI
+    wandb: bool = False
 
     @property
     def experiment(self) -> str:
@@ -59,10 +63,11 @@ class SearchOutcome:
     search_seconds: float  # Tuner.fit: the time the trial slots were open
     training_seconds: float  # inside training epochs (training and validation), summed over trials
     concurrency: int
-    best_trial: str
+    best_trial: str | None  # None when no trial reported a validation metric
     best_config: dict
     best_epoch: int
     best_valid: dict[str, float]
+    failures: dict[str, str] = field(default_factory=dict)  # trial folder -> why it failed
 
     @property
     def training_share(self) -> float:
@@ -98,9 +103,9 @@ class SearchRecord:
             with filesystem.open_input_stream(f"{path}/{RECORD_FILE}") as handle:
                 data = json.loads(handle.read().decode())
         except FileNotFoundError:
-            raise ValueError(f"{experiment}: no {RECORD_FILE}; not a search made by tune/search.py") from None
+            raise UserError(f"{experiment}: no {RECORD_FILE}; not a search made by tune/search.py") from None
         if data.get("version") != RECORD_VERSION:
-            raise ValueError(f"{experiment}/{RECORD_FILE}: record version {data.get('version')!r}, this code reads "
+            raise UserError(f"{experiment}/{RECORD_FILE}: record version {data.get('version')!r}, this code reads "
                              f"{RECORD_VERSION}; run the search again with this version")
         return decode(cls, data)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 
+from lrml.errors import UserError
 from lrml.train import TrainConfig, defaults
 
 SPACES = Path(__file__).with_name("spaces")
@@ -51,38 +52,38 @@ def load_space(path: str | Path) -> dict[str, Param]:
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such space file") from None
+        raise UserError(f"{path}: no such space file") from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}, line {error.lineno}: not valid JSON: {error.msg}") from None
+        raise UserError(f"{path}, line {error.lineno}: not valid JSON: {error.msg}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected an object of hyperparameter entries")
+        raise UserError(f"{path}: expected an object of hyperparameter entries")
     known = set(TrainConfig.__dataclass_fields__) - NOT_SEARCHABLE
     space = {}
     for name, entry in raw.items():
         if name.startswith("_"):
             continue
         if name not in known:
-            raise ValueError(f"{path}: {name!r} is not a hyperparameter; known: {', '.join(sorted(known))}")
+            raise UserError(f"{path}: {name!r} is not a hyperparameter; known: {', '.join(sorted(known))}")
         space[name] = _param(path, name, entry)
     if not space:
-        raise ValueError(f"{path}: no hyperparameter to search")
+        raise UserError(f"{path}: no hyperparameter to search")
     return space
 
 
 def _param(path: Path, name: str, entry) -> Param:
     if not isinstance(entry, dict) or entry.get("type") not in KINDS:
-        raise ValueError(f"{path}: {name!r} needs a 'type' among {', '.join(KINDS)}")
+        raise UserError(f"{path}: {name!r} needs a 'type' among {', '.join(KINDS)}")
     kind = entry["type"]
     if kind == "choice":
         values = entry.get("values")
         if not isinstance(values, list) or not values:
-            raise ValueError(f"{path}: {name!r} is a choice and needs a non-empty list 'values'")
+            raise UserError(f"{path}: {name!r} is a choice and needs a non-empty list 'values'")
         return Param(kind, values=tuple(values))
     low, high = entry.get("low"), entry.get("high")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
-        raise ValueError(f"{path}: {name!r} needs numbers 'low' < 'high'; got low={low!r}, high={high!r}")
+        raise UserError(f"{path}: {name!r} needs numbers 'low' < 'high'; got low={low!r}, high={high!r}")
     if kind == "loguniform" and low <= 0:
-        raise ValueError(f"{path}: {name!r} is loguniform and needs 'low' > 0; got {low!r}")
+        raise UserError(f"{path}: {name!r} is loguniform and needs 'low' > 0; got {low!r}")
     return Param(kind, low=low, high=high)
 
 

@@ -5,8 +5,14 @@ Defaults are the fastest combination to a good result in ``bench/search_efficien
 """
 from __future__ import annotations
 
+import os
+import pickle
+from pathlib import Path
+
 import optuna
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+
+from lrml.errors import UserError
 
 SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "hyperband", "none")
@@ -21,18 +27,56 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(f"searcher {name!r}; expected one of {', '.join(SEARCHERS)}")
+    raise UserError(f"searcher {name!r}; expected one of {', '.join(SEARCHERS)}")
 
 
-def make_scheduler(name: str, max_epochs: int, grace_period: int) -> TrialScheduler:
+def make_scheduler(name: str, max_epochs: int, grace_period: int, state_file: str | None = None) -> TrialScheduler:
     """ASHA (one bracket), asynchronous Hyperband (several brackets of ASHA, from the ASHA paper) or none.
 
-    All three go by the trial's own ``epoch``, so a trial resumed from a checkpoint is judged at the right rung.
+    Both stoppers go by the trial's own ``epoch``, so a trial resumed from a checkpoint is judged at
+    the right rung, and keep their rungs in ``state_file`` so that they survive the driver.
     """
     if name == "none":
         return FIFOScheduler()
     if name not in SCHEDULERS:
-        raise ValueError(f"scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
-    return AsyncHyperBandScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace_period,
-                                   reduction_factor=REDUCTION_FACTOR,
-                                   brackets=HYPERBAND_BRACKETS if name == "hyperband" else 1)
+        raise UserError(f"scheduler {name!r}; expected one of {', '.join(SCHEDULERS)}")
+    return ResumableHyperBand(state_file, time_attr="epoch", max_t=max_epochs, grace_period=grace_period,
+                              reduction_factor=REDUCTION_FACTOR,
+                              brackets=HYPERBAND_BRACKETS if name == "hyperband" else 1)
+
+
+class ResumableHyperBand(AsyncHyperBandScheduler):
+    """Ray's asynchronous successive halving, whose rungs (every trial's value at each milestone) are
+    written to ``state_file`` after each decision and read back when a resumed search starts.
+
+    Ray saves the searcher with the experiment but not the scheduler: a resumed search would start
+    with empty rungs and let every trial through until the rungs filled again.
+    """
+
+    def __init__(self, state_file: str | None, **kwargs):
+        super().__init__(**kwargs)
+        self.state_file = state_file
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
+        accepted = super().set_search_properties(metric, mode, **spec)
+        if self.state_file and Path(self.state_file).exists():
+            with open(self.state_file, "rb") as handle:
+                self._brackets, self._trial_info, self._num_stopped = pickle.load(handle)
+        return accepted
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        self._save()
+        return decision
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save()
+
+    def _save(self) -> None:
+        if not self.state_file:
+            return
+        partial = f"{self.state_file}.part"
+        with open(partial, "wb") as handle:
+            pickle.dump((self._brackets, self._trial_info, self._num_stopped), handle)
+        os.replace(partial, self.state_file)

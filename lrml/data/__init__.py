@@ -1,7 +1,14 @@
 """MovieLens releases, parsing, the leave-one-out split and prepared Parquet dataset folders."""
 from lrml.data.dataset import Dataset, SplitParams, data_home, load_dataset, prepare, prepare_frame
-from lrml.data.errors import (ArchiveError, ChecksumError, DataError, DatasetMismatchError, ParseError, SplitError,
-                              UnknownDatasetError)
+from lrml.data.errors import (
+                              ArchiveError,
+                              ChecksumError,
+                              DataError,
+                              DatasetMismatchError,
+                              ParseError,
+                              SplitError,
+                              UnknownDatasetError,
+)
 from lrml.data.releases import RELEASES, Release, get_release
 
 __all__ = ["ArchiveError", "ChecksumError", "DataError", "Dataset", "DatasetMismatchError", "ParseError",

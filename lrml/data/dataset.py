@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from filelock import FileLock
 
 from lrml.data import split
 from lrml.data.errors import DataError, DatasetMismatchError, SplitError
@@ -68,14 +69,15 @@ def prepare(dataset: str = "ml-latest-small", source: str | Path | None = None, 
     raw = read_source(release, Path(source) if source else None, data_home() / "downloads", progress)
     source_info = {"origin": raw.ratings_origin, "ratings_sha256": raw.ratings_sha256,
                    "archive_verified": raw.archive_verified}
-    if _reusable(out_dir, release.name, source_info, params, overwrite):
-        return out_dir
-    frame = parse_ratings(raw.ratings, release.ratings_format, raw.ratings_origin)
-    if len(frame) != release.ratings:
-        warnings.warn(f"{raw.ratings_origin}: {len(frame)} ratings, but {release.name} as published has "
-                      f"{release.ratings}; the file may be truncated or edited", stacklevel=2)
-    titles = parse_titles(raw.titles, release.ratings_format) if raw.titles else None
-    write_dataset(frame, out_dir, release.name, source_info, params, titles)
+    with _preparing(out_dir):  # two processes preparing one folder: the second waits, then reuses the first's
+        if _reusable(out_dir, release.name, source_info, params, overwrite):
+            return out_dir
+        frame = parse_ratings(raw.ratings, release.ratings_format, raw.ratings_origin)
+        if len(frame) != release.ratings:
+            warnings.warn(f"{raw.ratings_origin}: {len(frame)} ratings, but {release.name} as published has "
+                          f"{release.ratings}; the file may be truncated or edited", stacklevel=2)
+        titles = parse_titles(raw.titles, release.ratings_format) if raw.titles else None
+        write_dataset(frame, out_dir, release.name, source_info, params, titles)
     return out_dir
 
 
@@ -83,9 +85,16 @@ def prepare_frame(frame: pd.DataFrame, name: str, out_dir: str | Path, source_in
                   params: SplitParams = SplitParams(), overwrite: bool = False) -> Path:
     """Prepared folder from a ratings frame already in memory (synthetic data, custom sources)."""
     out_dir = Path(out_dir)
-    if not _reusable(out_dir, name, source_info, params, overwrite):
-        write_dataset(frame, out_dir, name, source_info, params)
+    with _preparing(out_dir):
+        if not _reusable(out_dir, name, source_info, params, overwrite):
+            write_dataset(frame, out_dir, name, source_info, params)
     return out_dir
+
+
+def _preparing(out_dir: Path) -> FileLock:
+    """The lock one process holds while it checks and (re)writes ``out_dir``: a file beside the folder."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(out_dir.parent / f".{out_dir.name}.lock")
 
 
 def _reusable(out_dir: Path, name: str, source_info: dict, params: SplitParams, overwrite: bool) -> bool:

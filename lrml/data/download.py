@@ -1,7 +1,7 @@
 """Download a release archive with a progress bar and verify its size and digest before use.
 
 The archive is written to ``<name>.part`` and renamed only once verified, so an interrupted or
-corrupt download never looks like a good one.
+corrupt download never looks like a good one; a file lock lets one process at a time download it.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import urllib.request
 from pathlib import Path
 
+from filelock import FileLock
 from tqdm import tqdm
 
 from lrml.data.errors import ChecksumError
@@ -47,9 +48,14 @@ def download(release: Release, directory: Path, progress: bool = True) -> Path:
     """The verified archive of ``release`` in ``directory``, downloading it if not already there."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / release.archive_name
-    if target.exists():
-        verify_archive(target, release)
-        return target
+    with FileLock(target.with_name(target.name + ".lock")):  # another process may be downloading it now
+        if target.exists():
+            verify_archive(target, release)
+            return target
+        return _fetch(release, target, progress)
+
+
+def _fetch(release: Release, target: Path, progress: bool) -> Path:
     partial = target.with_name(target.name + ".part")
     try:
         with urllib.request.urlopen(release.url, timeout=60) as response, open(partial, "wb") as out:

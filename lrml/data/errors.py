@@ -1,7 +1,9 @@
 """Errors raised while getting, parsing, splitting or loading a dataset; each names the value or file at fault."""
 
+from lrml.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """Base class: something about the input data is wrong (not a bug in this package)."""
 
 

@@ -1,0 +1,149 @@
+"""A search under faults, on a real local Ray: interrupted, killed, doubled, short of resources, diverging."""
+from __future__ import annotations
+
+import json
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import REPO
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
+
+SEARCH = [sys.executable, str(REPO / "tune" / "search.py")]
+
+
+def start(storage: Path, name: str, *extra: str, log: Path) -> subprocess.Popen:
+    """A search in the background, its output in ``log`` (a pipe would fill and stall it)."""
+    return subprocess.Popen([*SEARCH, "--name", name, "--storage-path", str(storage), *extra], cwd=REPO,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)
+
+
+def finished_trials(experiment: Path) -> dict[str, str]:
+    """Trial id -> the result.json text of each trial whose last reported row says it is done."""
+    done = {}
+    for result in experiment.glob("run_trial_*/result.json"):
+        text = result.read_text()
+        lines = text.strip().splitlines()
+        if lines and json.loads(lines[-1]).get("done"):
+            done[result.parent.name.split("_")[2]] = text
+    return done
+
+
+def wait_for(condition, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.3)
+
+
+def study(experiment: Path) -> optuna.Study:
+    return optuna.load_study(study_name=experiment.name, storage=JournalStorage(
+        JournalFileBackend(str(experiment / "optuna-study.journal"))))
+
+
+def test_ctrl_c_and_sigterm_stop_the_search_and_say_how_to_continue(tmp_path):
+    storage = tmp_path / "ray"
+    experiment = storage / "stopped"
+    for number, name in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
+        log = tmp_path / f"{name}.log"
+        process = start(storage, "stopped", "--num-samples", "6", "--max-epochs", "3",
+                        *(["--resume"] if number == signal.SIGTERM else []), log=log)
+        before = len(finished_trials(experiment))
+        wait_for(lambda: len(finished_trials(experiment)) > before)
+        process.send_signal(number)
+        assert process.wait(timeout=180) == 128 + number, log.read_text()[-3000:]
+        output = log.read_text()
+        assert f"search interrupted ({name}): " in output and " of 6 trials finished; nothing is summarised" in output
+        assert f"search.py --resume --name stopped --storage-path {storage}" in output
+        assert "Tuner.restore" not in output and "best trial" not in output
+        record = json.loads((experiment / "lrml_search.json").read_text())
+        assert record["outcome"] is None  # no summary of an unfinished search
+    resumed = subprocess.run([*SEARCH, "--resume", "--name", "stopped", "--storage-path", str(storage)], cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and "6 trials (0 failed)" in resumed.stdout, resumed.stdout[-3000:]
+
+
+def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
+    storage = tmp_path / "ray"
+    experiment = storage / "killed"
+    process = start(storage, "killed", "--num-samples", "8", "--max-epochs", "4", log=tmp_path / "killed.log")
+    wait_for(lambda: len(finished_trials(experiment)) >= 3)
+    time.sleep(3)  # Tune saves the experiment's state every couple of seconds (TUNE_GLOBAL_CHECKPOINT_S)
+    before = finished_trials(experiment)
+    told_before = {t.number: (t.state, t.value) for t in study(experiment).trials if t.state.is_finished()}
+    process.kill()  # SIGKILL: no chance to save anything
+    process.wait(timeout=60)
+    assert len(before) < 8, "the search finished before it could be killed"
+    with open(experiment / "scheduler-state.pkl", "rb") as handle:
+        rungs_before = {milestone: dict(recorded) for milestone, recorded in pickle.load(handle)[0][0]._rungs}
+
+    resumed = subprocess.run([*SEARCH, "--resume", "--name", "killed", "--storage-path", str(storage)], cwd=REPO,
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0 and "8 trials (0 failed)" in resumed.stdout, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = finished_trials(experiment)
+    assert len(after) == 8
+    for trial, text in before.items():  # finished trials were kept as they were, not run again
+        assert after[trial] == text
+    trials = study(experiment).trials
+    for number, verdict in told_before.items():  # the searcher's history survived
+        assert (trials[number].state, trials[number].value) == verdict
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) >= 8
+    with open(experiment / "scheduler-state.pkl", "rb") as handle:
+        rungs_after = {milestone: recorded for milestone, recorded in pickle.load(handle)[0][0]._rungs}
+    for milestone, recorded in rungs_before.items():  # ASHA's rungs survived and grew
+        assert recorded.items() <= rungs_after[milestone].items()
+    assert sum(map(len, rungs_after.values())) > sum(map(len, rungs_before.values()))
+
+
+def test_a_second_search_on_the_machine_refuses_and_the_first_finishes(tmp_path):
+    storage = tmp_path / "ray"
+    both = [start(storage, name, "--num-samples", "2", "--max-epochs", "1", log=tmp_path / f"{name}.log")
+            for name in ("first", "second")]
+    codes = [process.wait(timeout=600) for process in both]
+    logs = [(tmp_path / f"{name}.log").read_text() for name in ("first", "second")]
+    assert sorted(codes) == [0, 2], logs
+    finished, refused = (logs[0], logs[1]) if codes[0] == 0 else (logs[1], logs[0])
+    assert "2 trials (0 failed)" in finished
+    assert "error: another search runs its own Ray on this machine (pid " in refused
+    assert "pass its address to each (`--address 127.0.0.2:6379`)" in refused and "Traceback" not in refused
+
+
+def test_trials_whose_workers_cannot_start_fail_in_bounded_time_and_the_search_goes_on(tmp_path):
+    """Two 2-worker trials at once on 2 CPUs: the one whose workers find no CPU gives up, and is reported."""
+    started = time.time()
+    done = subprocess.run([*SEARCH, "--name", "starved", "--storage-path", str(tmp_path), "--num-samples", "3",
+                           "--max-epochs", "2", "--workers-per-trial", "2", "--concurrency", "2",
+                           "--worker-start-timeout", "5", "--max-failures", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    failures = [line for line in done.stdout.splitlines() if line.startswith("failed: run_trial_")]
+    assert failures and all("WorkerGroupStartupTimeoutError" in line or "start" in line for line in failures), output
+    assert "3 trials (" in done.stdout and f"3 trials ({len(failures)} failed)" in done.stdout
+    assert time.time() - started < 400
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_never_wins(tmp_path):
+    space = tmp_path / "space.json"  # BPR-MF's defaults, or a learning rate that overflows at once
+    space.write_text(json.dumps({"lr": {"type": "choice", "values": [0.003, 1e30]},
+                                 "embedding_dim": {"type": "choice", "values": [32, 100]}}))
+    done = subprocess.run([*SEARCH, "--model", "bpr", "--name", "diverging", "--storage-path", str(tmp_path),
+                           "--space", str(space), "--searcher", "random", "--seed", "1", "--num-samples", "4",
+                           "--max-epochs", "2", "--scheduler", "none"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads((tmp_path / "diverging" / "lrml_search.json").read_text())["outcome"]
+    assert record["errors"] >= 1 and record["trials"] == 4
+    assert all("TrainingDiverged: epoch 1: loss nan" in reason for reason in record["failures"].values())
+    assert record["best_config"]["lr"] == 0.003
+    states = [t.state for t in study(tmp_path / "diverging").trials]
+    assert states.count(TrialState.FAIL) == record["errors"]

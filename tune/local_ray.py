@@ -1,0 +1,58 @@
+"""One local Ray per machine: a search that starts its own Ray holds a machine-wide lock while it runs.
+
+Two local Ray instances on one machine break each other's trials: Ray Train's placement-group
+cleaner finds "multiple active Ray instances", worker groups then never start. So a second search
+refuses before it starts, saying which search holds the machine and how to run both on one Ray.
+The lock is an advisory ``flock`` on a file in the system's temporary folder, shared by every user
+of the machine; the kernel drops it when its process ends, however it ends.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from lrml.errors import UserError
+
+LOCK_FILE = Path(tempfile.gettempdir()) / "lrml-local-ray.lock"
+SHARED_RAY_HINT = ("to run several searches at once, start one Ray for all of them (`ray start --head "
+                   "--node-ip-address 127.0.0.2`) and pass its address to each (`--address 127.0.0.2:6379`)")
+
+
+@contextmanager
+def exclusive_local_ray(experiment: str, lock_file: Path = LOCK_FILE) -> Iterator[None]:
+    """Hold the machine's local-Ray lock for ``experiment``, or refuse, naming the search that holds it."""
+    descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            os.fchmod(descriptor, 0o666)  # every user of the machine must be able to take it after us
+        except PermissionError:
+            pass  # another user created it, already shared
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise UserError(f"another search runs its own Ray on this machine ({holder}); two local Ray instances "
+                            f"break each other's trials. Wait for it to end, or {SHARED_RAY_HINT}") from None
+        _check_no_other_ray()
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pid {os.getpid()}, experiment {experiment}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(descriptor, 0)
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _check_no_other_ray() -> None:
+    """Refuse when a Ray that no search of ours started already runs here (a notebook's, ``ray start``'s)."""
+    from ray._private.services import find_gcs_addresses  # the check `ray.init` itself makes, by process list
+
+    running = sorted(find_gcs_addresses())
+    if running:
+        raise UserError(f"a Ray instance already runs on this machine (GCS at {', '.join(running)}): pass "
+                        f"--address {running[0]} to search on it, or stop it first; {SHARED_RAY_HINT}")

@@ -1,0 +1,94 @@
+"""Build the Ray Tune run a search's settings describe, and read its outcome back."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import ray
+from ray import tune
+
+from lrml.data import Dataset
+from lrml.distributed import DatasetRef, TrialSpec, run_trial
+from lrml.errors import UserError
+from lrml.train import MONITOR, defaults
+from lrml_tune.experiment import best_epoch_row, valid_metrics
+from lrml_tune.searcher import StudySearcher, create_study
+from lrml_tune.settings import SearchOutcome, SearchSettings
+from lrml_tune.space import starting_points
+from lrml_tune.strategy import make_sampler, make_scheduler
+from lrml_tune.watch import ConsoleProgress, logger_callbacks
+
+SCHEDULER_STATE_FILE = "scheduler-state.pkl"
+
+
+def trial_spec(settings: SearchSettings, dataset: Dataset) -> TrialSpec:
+    """What every trial shares: the model's defaults with this search's budget and seed, the dataset, resources."""
+    base = replace(defaults(settings.model), max_epochs=settings.max_epochs, seed=settings.seed)
+    return TrialSpec(base, DatasetRef(str(dataset.path), settings.dataset, settings.data_dir, dataset.fingerprint),
+                     workers=settings.workers_per_trial, cpus_per_worker=settings.cpus_per_worker,
+                     gpus_per_worker=settings.gpus_per_worker, ray_train=settings.workers_per_trial > 1,
+                     train_storage=f"{settings.experiment}/train", max_failures=settings.max_failures)
+
+
+def build_tuner(settings: SearchSettings, spec: TrialSpec, concurrency: int, resume: bool) -> tune.Tuner:
+    """The Tuner: the chosen searcher over an Optuna study, the chosen scheduler, one trial per configuration.
+
+    On ``resume`` Tune restores the trials and the searcher it saved; the scheduler, saved by Tune with
+    the Tuner as it was at the start, reads back its rungs from the experiment folder.
+    """
+    # trials of several workers share one read of train.parquet through Ray Data; one-worker trials read the folder
+    train_data = ray.data.read_parquet(f"{spec.dataset.path}/train.parquet").materialize() if spec.ray_train else None
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec, train_data=train_data),
+                                    spec.trial_resources)
+    if resume:
+        if not tune.Tuner.can_restore(settings.experiment):
+            raise UserError(f"--resume: no search to resume at {settings.experiment}")
+        return tune.Tuner.restore(settings.experiment, trainable=trainable, resume_unfinished=True,
+                                  restart_errored=True)
+    study = create_study(settings.experiment, settings.name, make_sampler(settings.searcher, settings.seed))
+    searcher = StudySearcher(settings.space, study, MONITOR, "max", starting_points(settings.model, settings.space))
+    state_file = None if "://" in settings.experiment else f"{settings.experiment}/{SCHEDULER_STATE_FILE}"
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=MONITOR, mode="max", search_alg=searcher, num_samples=settings.num_samples,
+            scheduler=make_scheduler(settings.scheduler, settings.max_epochs, settings.grace_period, state_file),
+            max_concurrent_trials=concurrency,
+            # a trial that trains in its own process ends cleanly when stopped, so Tune can hand the process on
+            reuse_actors=not spec.ray_train),
+        run_config=tune.RunConfig(
+            name=settings.name, storage_path=settings.storage_path, verbose=0, log_to_file=True,
+            callbacks=[ConsoleProgress(settings.num_samples), *logger_callbacks(settings)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=MONITOR,
+                                                    checkpoint_score_order="max"),
+            failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
+
+
+def finished(results: tune.ResultGrid) -> int:
+    """How many trials ran to their end (completed, stopped early or failed)."""
+    return results.num_terminated + results.num_errors
+
+
+def summarize(results: tune.ResultGrid, wall_seconds: float, search_started_at: float, search_seconds: float,
+              concurrency: int) -> SearchOutcome:
+    """The best trial over all its epochs (a failed trial never counts), the failed trials and why, and how
+    the search spent its time."""
+    frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and MONITOR in r.metrics_dataframe]
+    failures = {r.path.rstrip("/").rsplit("/", 1)[-1]: _reason(r.error) for r in results if r.error}
+    healthy = [r for r in results if not r.error and r.metrics_dataframe is not None
+               and MONITOR in r.metrics_dataframe and r.metrics_dataframe[MONITOR].notna().any()]
+    best = max(healthy, key=lambda r: r.metrics_dataframe[MONITOR].max(), default=None)
+    row = best_epoch_row(best.metrics_dataframe) if best is not None else None
+    return SearchOutcome(
+        trials=len(results), errors=results.num_errors, epochs_trained=int(sum(len(f) for f in frames)),
+        wall_seconds=round(wall_seconds, 1), search_started_at=search_started_at,
+        search_seconds=round(search_seconds, 1),
+        training_seconds=round(sum(float(frame["seconds"].sum()) for frame in frames), 1), concurrency=concurrency,
+        best_trial=str(row["trial_id"]) if best is not None else None,
+        best_config=best.config if best is not None else {}, best_epoch=int(row["epoch"]) if best is not None else 0,
+        best_valid=valid_metrics(row) if best is not None else {}, failures=failures)
+
+
+def _reason(error: Exception) -> str:
+    """The last line of an error's text (a remote error carries its whole traceback): the part a person reads."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
