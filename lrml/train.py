@@ -183,7 +183,7 @@ class Trainer:
         return keys // num_items, keys % num_items
 
     def train_epoch(self, users: np.ndarray, items: np.ndarray) -> float:
-        """One pass over the given positive pairs with fresh negatives; returns the mean loss per pair (over all workers).
+        """One pass over the given positive pairs with fresh negatives; the mean loss per pair over all workers.
 
         Every worker takes the same number of steps; a worker whose share is short wraps around.
         """
@@ -227,7 +227,8 @@ class Trainer:
                                            training_state=state)
 
     def _restore(self, checkpoint: dict) -> None:
-        """Continue from ``checkpoint`` exactly as the run that wrote it would have gone on."""
+        """Continue from ``checkpoint`` exactly as the run that wrote it would have gone on (with one worker;
+        several workers all continue from the random states of rank 0, which wrote the checkpoint)."""
         origin = f"the checkpoint of epoch {checkpoint['epoch']}"
         checkpoints.check_dataset(checkpoint, self.dataset.fingerprint, origin)
         checkpoints.check_model(checkpoint, self.model, origin)

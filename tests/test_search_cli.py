@@ -20,6 +20,7 @@ from optuna.storages.journal import JournalFileBackend
 from tensorboardX.proto import event_pb2
 
 from lrml.train import MONITOR
+from lrml_tune.watch import mlflow_name
 
 pytestmark = pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
 
@@ -40,15 +41,16 @@ def test_search_then_best_against_tuned_baselines(tmp_path):
     assert "best trial" in search.stdout and "next: python tune/best.py" in search.stdout
     # a console a person can follow: a line per trial, none wider than 100 columns; Ray's output in a log file
     console = (search.stdout + search.stderr).splitlines()
-    assert len(console) < 20 and max(map(len, console)) <= 100, console
+    progress = [line for line in console if line.startswith("[")]
+    assert len(console) < 20 and len(progress) == 4 and max(map(len, progress)) <= 100, console
     assert "Started a local Ray instance" in (storage / "e2e-lrml" / "search.log").read_text()
     # the usual tools: TensorBoard files per trial, MLflow runs, the Optuna study (below)
     for trial in storage.glob("e2e-lrml/run_trial_*"):
         (events,) = trial.glob("events.out.tfevents.*")
-        assert len(tensorboard_scalars(events)[f"ray/tune/{MONITOR}"]) >= 1
+        assert len(tensorboard_scalars(events)["ray/tune/valid/sampled/ndcg_10"]) >= 1  # TensorBoard writes @ as _
     mlflow = MlflowClient(f"sqlite:///{storage / 'e2e-lrml' / 'mlflow.db'}")
     runs = mlflow.search_runs([mlflow.get_experiment_by_name("e2e-lrml").experiment_id])
-    assert len(runs) == 4 and all(MONITOR in run.data.metrics for run in runs)
+    assert len(runs) == 4 and all(mlflow_name(MONITOR) in run.data.metrics for run in runs)
     record = json.loads((storage / "e2e-lrml" / "lrml_search.json").read_text())
     assert record["outcome"]["trials"] == 4 and record["outcome"]["errors"] == 0
     assert record["settings"]["searcher"] == "tpe" and record["settings"]["scheduler"] == "asha"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -56,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SearchSettings, bool]:
                         help=f"how configurations are proposed (default {DEFAULT_SEARCHER})")
     parser.add_argument("--scheduler", choices=SCHEDULERS, default=DEFAULT_SCHEDULER,
                         help=f"how weak trials are stopped early (default {DEFAULT_SCHEDULER})")
-    parser.add_argument("--grace-period", type=int, default=2, help="epochs every trial gets before it may be stopped")
+    parser.add_argument("--grace-period", type=int, default=4,
+                        help="epochs every trial gets before it may be stopped (default 4)")
     parser.add_argument("--address", help="Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray")
     parser.add_argument("--storage-path", help=f"where trials and checkpoints go: a folder, s3:// or gs:// (default {DEFAULT_STORAGE})")
     parser.add_argument("--name", help="experiment name (default: <dataset>-<model>)")
@@ -188,7 +188,9 @@ def print_outcome(outcome: SearchOutcome, settings: SearchSettings) -> None:
     if outcome.best_trial is None:
         print("no trial reported a validation metric: nothing to evaluate", file=sys.stderr)
         return
-    print(f"best trial {outcome.best_trial}: {json.dumps(outcome.best_config)}")
+    print(f"best trial {outcome.best_trial}: " + ", ".join(
+        f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+        for name, value in outcome.best_config.items()))
     print("validation (sampled, best epoch {}): {}".format(
         outcome.best_epoch, ", ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in outcome.best_valid.items())))
     print(f"next: python tune/best.py {settings.experiment}")
@@ -219,6 +221,7 @@ def run(argv: list[str]) -> int:
     # Tune saves the experiment (trials, searcher) at least every 2 s: a killed driver loses at most that much
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's newer console prints its header even when told to be silent
     try:
         return search(settings, resume, prog)
     except KeyboardInterrupt:

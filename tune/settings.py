@@ -29,7 +29,7 @@ class SearchSettings:
     model: str = "lrml"
     num_samples: int = 64
     max_epochs: int = 20
-    grace_period: int = 2
+    grace_period: int = 4
     searcher: str = "tpe"
     scheduler: str = "asha"
     seed: int = 0

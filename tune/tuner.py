@@ -56,7 +56,9 @@ def build_tuner(settings: SearchSettings, spec: TrialSpec, concurrency: int, res
             # a trial that trains in its own process ends cleanly when stopped, so Tune can hand the process on
             reuse_actors=not spec.ray_train),
         run_config=tune.RunConfig(
-            name=settings.name, storage_path=settings.storage_path, verbose=0, log_to_file=True,
+            name=settings.name, storage_path=settings.storage_path, verbose=0,
+            # each trial's output goes to stdout and stderr files in its folder, not to the console
+            log_to_file=True, sync_config=tune.SyncConfig(sync_artifacts=True),
             callbacks=[ConsoleProgress(settings.num_samples), *logger_callbacks(settings)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=MONITOR,
                                                     checkpoint_score_order="max"),

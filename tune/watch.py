@@ -34,31 +34,33 @@ class ConsoleProgress(tune.Callback):
             self.best = (value, trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._print(trials)
+        self._print(trials, trial, "TERMINATED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._print(trials)
+        self._print(trials, trial, "ERROR")
 
-    def _print(self, trials) -> None:
-        ended = [trial for trial in trials if trial.status in ("TERMINATED", "ERROR")]
-        failed = sum(trial.status == "ERROR" for trial in ended)
-        stopped = sum(not (trial.last_result or {}).get("last_epoch", True) for trial in ended
-                      if trial.status == "TERMINATED")
-        running = sum(trial.status == "RUNNING" for trial in trials)
+    def _print(self, trials, ending, outcome: str) -> None:
+        """Tune calls back before it marks ``ending`` as ended, so its outcome is passed in."""
+        ended = [(trial, trial.status) for trial in trials
+                 if trial is not ending and trial.status in ("TERMINATED", "ERROR")] + [(ending, outcome)]
+        failed = sum(status == "ERROR" for _, status in ended)
+        stopped = sum(status == "TERMINATED" and not (trial.last_result or {}).get("last_epoch", True)
+                      for trial, status in ended)
+        running = sum(trial.status == "RUNNING" for trial in trials if trial is not ending)
         minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
         best = f"best valid nDCG@10 {self.best[0]:.4f} ({self.best[1]})" if self.best else "no result yet"
-        line = (f"[{minutes:3d}:{seconds:02d}] {len(ended)}/{self.num_samples} trials done ({stopped} stopped "
-                f"early, {failed} failed), {running} running; {best}")
+        line = (f"[{minutes:3d}:{seconds:02d}] {len(ended)}/{self.num_samples} done, {stopped} stopped early, "
+                f"{failed} failed, {running} running | {best}")
         print(line[:CONSOLE_WIDTH], flush=True)
 
 
 def send_ray_output_to(log_file: Path) -> None:
-    """Ray's and Tune's log messages and Python's warnings go to ``log_file``, not the console."""
+    """The log messages of Ray, Tune, Optuna and MLflow, and Python's warnings, go to ``log_file``, not the console."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.captureWarnings(True)
-    for name in ("ray", "py.warnings"):
+    for name in ("ray", "py.warnings", "optuna", "mlflow", "alembic"):
         logger = logging.getLogger(name)
         logger.handlers = [handler]
         logger.propagate = False
@@ -68,12 +70,27 @@ def logger_callbacks(settings: SearchSettings) -> list[tune.Callback]:
     """MLflow and Weights & Biases loggers, as asked for; each trial becomes a run there."""
     callbacks = []
     if settings.mlflow is not None:
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
-        callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow_uri(settings), experiment_name=settings.name))
+        callbacks.append(_mlflow_logger(mlflow_uri(settings), settings.name))
     if settings.wandb:
         from ray.air.integrations.wandb import WandbLoggerCallback
         callbacks.append(WandbLoggerCallback(project="lrml-tune", group=settings.name))
     return callbacks
+
+
+def _mlflow_logger(tracking_uri: str, experiment: str) -> tune.Callback:
+    """Ray's MLflow logger, with the metric names MLflow accepts: it refuses "@", so hr@10 is hr_at_10 there."""
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    class MLflowLogger(MLflowLoggerCallback):
+        def log_trial_result(self, iteration, trial, result):
+            super().log_trial_result(iteration, trial, {mlflow_name(key): value for key, value in result.items()})
+
+    return MLflowLogger(tracking_uri=tracking_uri, experiment_name=experiment)
+
+
+def mlflow_name(metric: str) -> str:
+    """The name MLflow keeps a metric under (``valid/sampled/ndcg@10`` -> ``valid/sampled/ndcg_at_10``)."""
+    return metric.replace("@", "_at_")
 
 
 def mlflow_uri(settings: SearchSettings) -> str:
