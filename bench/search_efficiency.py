@@ -7,8 +7,8 @@ wall time, then writes ``bench/search_efficiency.png``, ``bench/search_efficienc
 in ``bench/README.md``. The yardstick is random search without early stopping: how long each
 combination takes to reach that search's final best, seed by seed.
 
-    python bench/search_efficiency.py                       # ml-latest-small x 3 seeds, ml-100k x 1
-    python bench/search_efficiency.py --runs ml-latest-small:1 --num-samples 16   # a quick look
+    python bench/search_efficiency.py                # ml-latest-small x 3 seeds x 64 trials, ml-100k x 1 x 32
+    python bench/search_efficiency.py --runs ml-latest-small:1:16                  # a quick look
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ DATA_DIRS = {"ml-100k": REPO.parent / "shared" / "data" / "ml-100k"}
 TABLE_START, TABLE_END = "<!-- search_efficiency: start -->", "<!-- search_efficiency: end -->"
 
 
-def run_search(storage: Path, dataset: str, seed: int, searcher: str, scheduler: str, args) -> Path:
+def run_search(storage: Path, dataset: str, seed: int, searcher: str, scheduler: str, samples: int, args) -> Path:
     """One search, unless a finished one of that name is already in ``storage``; returns its folder."""
     name = f"{dataset}-{searcher}-{scheduler}-s{seed}"
     experiment = storage / name
@@ -47,7 +47,7 @@ def run_search(storage: Path, dataset: str, seed: int, searcher: str, scheduler:
     except ValueError:
         pass
     command = [sys.executable, str(REPO / "tune" / "search.py"), "--dataset", dataset, "--seed", str(seed),
-               "--searcher", searcher, "--scheduler", scheduler, "--num-samples", str(args.num_samples),
+               "--searcher", searcher, "--scheduler", scheduler, "--num-samples", str(samples),
                "--max-epochs", str(args.max_epochs), "--name", name, "--storage-path", str(storage)]
     if dataset in DATA_DIRS:
         command += ["--data-dir", str(DATA_DIRS[dataset])]
@@ -75,8 +75,8 @@ def time_to(curve: pd.DataFrame, target: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", default=["ml-latest-small:3", "ml-100k:1"], help="DATASET:SEEDS")
-    parser.add_argument("--num-samples", type=int, default=64)
+    parser.add_argument("--runs", nargs="+", default=["ml-latest-small:3:64", "ml-100k:1:32"],
+                        help="DATASET:SEEDS:TRIALS, each seed one search of TRIALS trials per combination")
     parser.add_argument("--max-epochs", type=int, default=20)
     parser.add_argument("--storage", default=str(REPO / "results" / "ray" / "search-efficiency"))
     args = parser.parse_args()
@@ -84,14 +84,15 @@ def main() -> int:
     storage.mkdir(parents=True, exist_ok=True)
     rows, curves = [], {}
     for run in args.runs:
-        dataset, seeds = run.split(":")
+        dataset, seeds, samples = run.split(":")
         for seed in range(int(seeds)):
             for searcher, scheduler in COMBINATIONS:
-                experiment = run_search(storage, dataset, seed, searcher, scheduler, args)
+                experiment = run_search(storage, dataset, seed, searcher, scheduler, int(samples), args)
                 outcome = SearchRecord.read(str(experiment)).outcome
                 curve = best_so_far(experiment)
                 curves[dataset, seed, searcher, scheduler] = curve
-                rows.append({"dataset": dataset, "seed": seed, "searcher": searcher, "scheduler": scheduler,
+                rows.append({"dataset": dataset, "seed": seed, "trials": int(samples), "searcher": searcher,
+                             "scheduler": scheduler,
                              "final_best": curve["best"].iloc[-1], "search_seconds": outcome.search_seconds,
                              "epochs": outcome.epochs_trained, "errors": outcome.errors})
     table = pd.DataFrame(rows)
@@ -127,15 +128,15 @@ def plot(curves: dict, table: pd.DataFrame) -> None:
 def write_table(table: pd.DataFrame, args) -> None:
     """The summary table (means over seeds) between the markers in bench/README.md."""
     lines = [TABLE_START, "",
-             f"`python bench/search_efficiency.py --runs {' '.join(args.runs)} --num-samples {args.num_samples} "
-             f"--max-epochs {args.max_epochs}` on {os.cpu_count()} CPUs, one run. Each search: {args.num_samples} "
-             f"trials of up to {args.max_epochs} epochs, 2 at a time. Yardstick: the final best of random search "
-             "without early stopping of the same seed.", "",
-             "| dataset | searcher + scheduler | seeds | final best valid nDCG@10 (mean ± sd) | epochs | search seconds "
-             "| seconds to the yardstick (per seed) | mean |", "|---|---|---:|---:|---:|---:|---|---:|"]
+             f"`python bench/search_efficiency.py --runs {' '.join(args.runs)} --max-epochs {args.max_epochs}` on "
+             f"{os.cpu_count()} CPUs, one run. Each search: the trials below, of up to {args.max_epochs} epochs, "
+             "2 at a time. Yardstick: the final best of random search without early stopping of the same seed.", "",
+             "| dataset | searcher + scheduler | trials | seeds | final best valid nDCG@10 (mean ± sd) | epochs "
+             "| search seconds | seconds to the yardstick (per seed) | mean |", "|---|---|---:|---:|---:|---:|---:|---|---:|"]
     for (dataset, searcher, scheduler), group in table.groupby(["dataset", "searcher", "scheduler"], sort=False):
         times = group["time_to_yardstick"].to_numpy()
-        lines.append(f"| {dataset} | {searcher} + {scheduler} | {len(group)} | {group.final_best.mean():.4f} ± "
+        lines.append(f"| {dataset} | {searcher} + {scheduler} | {group.trials.iloc[0]} | {len(group)} | "
+                     f"{group.final_best.mean():.4f} ± "
                      f"{group.final_best.std(ddof=1) if len(group) > 1 else 0:.4f} | {group.epochs.mean():.0f} | "
                      f"{group.search_seconds.mean():.0f} | {', '.join(_seconds(t) for t in times)} | "
                      f"{_seconds(np.mean(times))} |")

@@ -1,4 +1,4 @@
-"""A search under faults, on a real local Ray: interrupted, killed, doubled, short of resources, diverging."""
+"""A search under faults, on a real local Ray: interrupted, killed, doubled, diverging."""
 from __future__ import annotations
 
 import json
@@ -75,7 +75,8 @@ def test_ctrl_c_and_sigterm_stop_the_search_and_say_how_to_continue(tmp_path):
 def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
     storage = tmp_path / "ray"
     experiment = storage / "killed"
-    process = start(storage, "killed", "--num-samples", "8", "--max-epochs", "4", log=tmp_path / "killed.log")
+    process = start(storage, "killed", "--num-samples", "8", "--max-epochs", "4", "--grace-period", "2",
+                    log=tmp_path / "killed.log")  # rungs at 2 and 4 epochs
     wait_for(lambda: len(finished_trials(experiment)) >= 3)
     time.sleep(3)  # Tune saves the experiment's state every couple of seconds (TUNE_GLOBAL_CHECKPOINT_S)
     before = finished_trials(experiment)
@@ -83,7 +84,7 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
     process.kill()  # SIGKILL: no chance to save anything
     process.wait(timeout=60)
     assert len(before) < 8, "the search finished before it could be killed"
-    with open(experiment / "scheduler-state.pkl", "rb") as handle:
+    with open(experiment / "scheduler-state.pickle", "rb") as handle:
         rungs_before = {milestone: dict(recorded) for milestone, recorded in pickle.load(handle)[0][0]._rungs}
 
     resumed = subprocess.run([*SEARCH, "--resume", "--name", "killed", "--storage-path", str(storage)], cwd=REPO,
@@ -97,7 +98,7 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
     for number, verdict in told_before.items():  # the searcher's history survived
         assert (trials[number].state, trials[number].value) == verdict
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) >= 8
-    with open(experiment / "scheduler-state.pkl", "rb") as handle:
+    with open(experiment / "scheduler-state.pickle", "rb") as handle:
         rungs_after = {milestone: recorded for milestone, recorded in pickle.load(handle)[0][0]._rungs}
     for milestone, recorded in rungs_before.items():  # ASHA's rungs survived and grew
         assert recorded.items() <= rungs_after[milestone].items()
@@ -115,21 +116,6 @@ def test_a_second_search_on_the_machine_refuses_and_the_first_finishes(tmp_path)
     assert "2 trials (0 failed)" in finished
     assert "error: another search runs its own Ray on this machine (pid " in refused
     assert "pass its address to each (`--address 127.0.0.2:6379`)" in refused and "Traceback" not in refused
-
-
-def test_trials_whose_workers_cannot_start_fail_in_bounded_time_and_the_search_goes_on(tmp_path):
-    """Two 2-worker trials at once on 2 CPUs: the one whose workers find no CPU gives up, and is reported."""
-    started = time.time()
-    done = subprocess.run([*SEARCH, "--name", "starved", "--storage-path", str(tmp_path), "--num-samples", "3",
-                           "--max-epochs", "2", "--workers-per-trial", "2", "--concurrency", "2",
-                           "--worker-start-timeout", "5", "--max-failures", "1"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-4000:]
-    failures = [line for line in done.stdout.splitlines() if line.startswith("failed: run_trial_")]
-    assert failures and all("WorkerGroupStartupTimeoutError" in line or "start" in line for line in failures), output
-    assert "3 trials (" in done.stdout and f"3 trials ({len(failures)} failed)" in done.stdout
-    assert time.time() - started < 400
 
 
 def test_a_diverging_trial_fails_with_its_reason_and_never_wins(tmp_path):

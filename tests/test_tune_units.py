@@ -9,6 +9,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
 from lrml_tune.compare import baseline_search_args, find_baseline
 from lrml_tune.resources import plan_resources
+from lrml_tune.search import parse_args
 from lrml_tune.settings import RECORD_FILE, SearchOutcome, SearchRecord, SearchSettings
 from lrml_tune.space import Param, default_space_file, load_space, starting_points
 from lrml_tune.stats import bootstrap_ci, paired_randomization_test
@@ -76,6 +77,12 @@ def test_strategies():
     assert [rung for rung, _ in asha._brackets[0]._rungs][::-1] == [2, 6, 18]  # grace 2, reduction factor 3
     with pytest.raises(ValueError, match="searcher 'grid'"):
         make_sampler("grid", 0)
+
+
+def test_default_grace_period_shrinks_to_a_short_search():
+    grace = {epochs: parse_args(["--max-epochs", str(epochs)])[0].grace_period for epochs in (1, 3, 4, 20)}
+    assert grace == {1: 1, 3: 3, 4: 4, 20: 4}
+    assert parse_args(["--max-epochs", "3", "--grace-period", "5"])[0].grace_period == 5  # refused by the checks
 
 
 def test_resource_plan_fills_the_cluster():

@@ -31,7 +31,7 @@ from lrml_tune.resources import plan_resources
 from lrml_tune.searcher import STUDY_FILE
 from lrml_tune.settings import SearchOutcome, SearchRecord, SearchSettings
 from lrml_tune.space import default_space_file, load_space
-from lrml_tune.strategy import DEFAULT_SCHEDULER, DEFAULT_SEARCHER, SCHEDULERS, SEARCHERS
+from lrml_tune.strategy import DEFAULT_GRACE_PERIOD, DEFAULT_SCHEDULER, DEFAULT_SEARCHER, SCHEDULERS, SEARCHERS
 from lrml_tune.tuner import build_tuner, finished, summarize, trial_spec
 from lrml_tune.watch import LOG_FILE, check_loggers, mlflow_uri, send_ray_output_to
 
@@ -55,8 +55,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[SearchSettings, bool]:
                         help=f"how configurations are proposed (default {DEFAULT_SEARCHER})")
     parser.add_argument("--scheduler", choices=SCHEDULERS, default=DEFAULT_SCHEDULER,
                         help=f"how weak trials are stopped early (default {DEFAULT_SCHEDULER})")
-    parser.add_argument("--grace-period", type=int, default=4,
-                        help="epochs every trial gets before it may be stopped (default 4)")
+    parser.add_argument("--grace-period", type=int,
+                        help=f"epochs every trial gets before it may be stopped (default {DEFAULT_GRACE_PERIOD}, "
+                             "or --max-epochs if fewer)")
     parser.add_argument("--address", help="Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray")
     parser.add_argument("--storage-path", help=f"where trials and checkpoints go: a folder, s3:// or gs:// (default {DEFAULT_STORAGE})")
     parser.add_argument("--name", help="experiment name (default: <dataset>-<model>)")
@@ -92,7 +93,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SearchSettings, bool]:
     settings = SearchSettings(
         name=name, storage_path=storage, dataset=args.dataset,
         data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None, model=args.model,
-        num_samples=args.num_samples, max_epochs=args.max_epochs, grace_period=args.grace_period,
+        num_samples=args.num_samples, max_epochs=args.max_epochs,
+        grace_period=min(DEFAULT_GRACE_PERIOD, max(args.max_epochs, 1)) if args.grace_period is None else args.grace_period,
         searcher=args.searcher, scheduler=args.scheduler, seed=args.seed, space_file=space_file,
         space=load_space(space_file), workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, concurrency=args.concurrency, max_failures=args.max_failures,
@@ -123,25 +125,26 @@ def continue_command(settings: SearchSettings, prog: str) -> str:
 def search(settings: SearchSettings, resume: bool, prog: str) -> int:
     """Run the search on a local Ray (held alone on this machine) or the given cluster; 0 when it finished."""
     local = contextlib.nullcontext() if settings.address else exclusive_local_ray(settings.experiment)
-    with local, _sigterm_as_sigint() as signals:
+    with local:
         started = time.perf_counter()
         announce(settings)
         dataset = load_dataset(prepare(settings.dataset, settings.data_dir, params=SplitParams()))
         counts = dataset.manifest["counts"]
         print(f"{settings.dataset}: {counts['users']} users, {counts['items']} items, {counts['train']} training "
               "pairs", flush=True)
-        connect(settings)
-        try:
-            concurrency = plan(settings)
-            tuner = build_tuner(settings, trial_spec(settings, dataset), concurrency, resume)
-            record = SearchRecord(settings, str(dataset.path), dataset.fingerprint)
-            if not resume:
-                record.write()
-            search_started, search_started_at = time.perf_counter(), time.time()
-            results = tuner.fit()
-            now = time.perf_counter()
-        finally:
-            ray.shutdown()
+        connect(settings)  # ray.init sets a SIGTERM handler of its own, so ours goes in after it
+        with _sigterm_as_sigint() as signals:
+            try:
+                concurrency = plan(settings)
+                tuner = build_tuner(settings, trial_spec(settings, dataset), concurrency, resume)
+                record = SearchRecord(settings, str(dataset.path), dataset.fingerprint)
+                if not resume:
+                    record.write()
+                search_started, search_started_at = time.perf_counter(), time.time()
+                results = tuner.fit()
+                now = time.perf_counter()
+            finally:
+                ray.shutdown()
     if signals or finished(results) < settings.num_samples:
         name = signal.Signals(signals[-1]).name if signals else "SIGINT"
         print(f"\nsearch interrupted ({name}): {finished(results)} of {settings.num_samples} trials finished; "

@@ -17,7 +17,8 @@ from lrml_tune.space import starting_points
 from lrml_tune.strategy import make_sampler, make_scheduler
 from lrml_tune.watch import ConsoleProgress, logger_callbacks
 
-SCHEDULER_STATE_FILE = "scheduler-state.pkl"
+# not *.pkl or *.json: a resumed Tune copies those back from its staging folder at the end, over newer ones
+SCHEDULER_STATE_FILE = "scheduler-state.pickle"
 
 
 def trial_spec(settings: SearchSettings, dataset: Dataset) -> TrialSpec:
