@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SearchSettings, bool]:
                         help=f"epochs every trial gets before it may be stopped (default {DEFAULT_GRACE_PERIOD}, "
                              "or --max-epochs if fewer)")
     parser.add_argument("--address", help="Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray")
-    parser.add_argument("--storage-path", help=f"where trials and checkpoints go: a folder, s3:// or gs:// (default {DEFAULT_STORAGE})")
+    parser.add_argument("--storage-path",
+                        help=f"where trials and checkpoints go: a folder, s3:// or gs:// (default {DEFAULT_STORAGE})")
     parser.add_argument("--name", help="experiment name (default: <dataset>-<model>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted search --name in --storage-path, with the settings it started with")
