@@ -1,6 +1,6 @@
-"""A real two-node Ray cluster on loopback addresses: trials land on both nodes, losing a node mid-trial
-costs a restart from the trial's last checkpoint, never a finished trial, and a cluster that starts
-with no room for a trial runs the search once a node joins."""
+"""A real Ray cluster on loopback addresses: trials land on both nodes, losing a node mid-trial costs a
+restart from the trial's last checkpoint, never a finished trial; a cluster that starts with no room
+for a trial runs the search once a node joins; a trial whose workers never fit fails in bounded time."""
 from __future__ import annotations
 
 import json
@@ -189,3 +189,20 @@ def test_a_cluster_that_scales_from_zero_gets_its_trials_once_nodes_join(cluster
     assert running.returncode == 0 and "2 trials (0 failed)" in output, output[-4000:]
     nodes = {row["train_node_ip"] for rows in trial_rows(storage / "scale").values() for row in rows}
     assert nodes == {WORKER}
+
+
+def test_a_trial_whose_workers_can_never_start_fails_in_bounded_time(cluster, tmp_path):
+    """Workers that need more CPU than any node has: each attempt gives up after --worker-start-timeout,
+    the attempts stop after --max-failures restarts, and the search ends with the failure reported."""
+    cluster.start(HEAD, 2)
+    started = time.time()
+    done = subprocess.run(search(cluster, tmp_path / "shared", "--num-samples", "1", "--max-epochs", "1",
+                                 "--workers-per-trial", "2", "--cpus-per-worker", "2", "--concurrency", "1",
+                                 "--worker-start-timeout", "3", "--max-failures", "1", "--name", "starved"),
+                          env=ENV, capture_output=True, text=True, timeout=400, cwd=REPO)
+    output = done.stdout + done.stderr
+    failures = [line for line in done.stdout.splitlines() if line.startswith("failed: run_trial_")]
+    assert done.returncode == 1 and "1 trials (1 failed), 0 epochs" in done.stdout, output[-4000:]
+    assert len(failures) == 1 and "worker group startup timed out after 3.0 seconds" in failures[0], output[-4000:]
+    assert "no trial reported a validation metric" in done.stderr and "Traceback" not in done.stderr
+    assert time.time() - started < 300

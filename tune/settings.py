@@ -30,7 +30,7 @@ class SearchSettings:
     num_samples: int = 64
     max_epochs: int = 20
     grace_period: int = 4
-    searcher: str = "tpe"
+    searcher: str = "random"
     scheduler: str = "asha"
     seed: int = 0
     space_file: str = ""
