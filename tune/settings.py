@@ -13,6 +13,7 @@ import pyarrow.fs
 
 from lrml.errors import UserError
 from lrml_tune.space import Param
+from lrml_tune.strategy import DEFAULT_GRACE_PERIOD, DEFAULT_SCHEDULER, DEFAULT_SEARCHER
 
 RECORD_FILE = "lrml_search.json"
 RECORD_VERSION = 2
@@ -29,9 +30,9 @@ class SearchSettings:
     model: str = "lrml"
     num_samples: int = 64
     max_epochs: int = 20
-    grace_period: int = 4
-    searcher: str = "random"
-    scheduler: str = "asha"
+    grace_period: int = DEFAULT_GRACE_PERIOD
+    searcher: str = DEFAULT_SEARCHER
+    scheduler: str = DEFAULT_SCHEDULER
     seed: int = 0
     space_file: str = ""
     space: dict[str, Param] = field(default_factory=dict)
