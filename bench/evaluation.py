@@ -21,11 +21,9 @@ import numpy as np
 import torch
 
 from lrml.data import Dataset
-from lrml.data.synthetic import generate
+from lrml.data.synthetic import SHAPES, generate
 from lrml.evaluate import Evaluator
 from lrml.model import LRML, LRMLConfig
-
-SHAPES = {"ml-1m": (6_040, 3_706, 1_000_209), "ml-20m": (138_493, 26_744, 20_000_263)}
 
 
 def synthetic_dataset(num_users: int, num_items: int, num_interactions: int) -> Dataset:
@@ -56,7 +54,7 @@ def users_per_second(evaluator: Evaluator, model: LRML, protocol: str) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", default=["ml-1m", "ml-20m"], choices=list(SHAPES))
     parser.add_argument("--full-users", type=int, default=8192, help="users timed for full ranking at most")
     parser.add_argument("--dim", type=int, default=100)
     parser.add_argument("--memory", type=int, default=20)

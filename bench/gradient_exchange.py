@@ -18,11 +18,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from lrml.data.synthetic import SHAPES
 from lrml.model import LRML, LRMLConfig
+from lrml.optim import Optimizer
 from lrml.parallel import GradientSync
-from lrml.train import Optimizer
 
-SHAPES = {"ml-1m": (6_040, 3_706), "ml-20m": (138_493, 26_744)}
 WORLD = 2
 
 
@@ -60,7 +60,7 @@ def worker(rank: int, port: int, shape: str, batch_size: int, steps: int, result
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     for name in ("DDP (gloo sparse all-reduce)", "GradientSync (all-gather)"):
         torch.manual_seed(0)
-        model = LRML(LRMLConfig(*SHAPES[shape], embedding_dim=100, memory_size=20))
+        model = LRML(LRMLConfig(*SHAPES[shape][:2], embedding_dim=100, memory_size=20))
         if name.startswith("DDP"):
             forward, after_backward = torch.nn.parallel.DistributedDataParallel(model), None
         else:
@@ -73,14 +73,14 @@ def worker(rank: int, port: int, shape: str, batch_size: int, steps: int, result
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=SHAPES, default="ml-1m")
+    parser.add_argument("--shape", choices=["ml-1m", "ml-20m"], default="ml-1m")
     parser.add_argument("--batch-size", type=int, default=1024, help="the global batch, split over the workers")
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    single = LRML(LRMLConfig(*SHAPES[args.shape], embedding_dim=100, memory_size=20))
+    single = LRML(LRMLConfig(*SHAPES[args.shape][:2], embedding_dim=100, memory_size=20))
     results = {"one worker, whole batch": seconds_for_steps(single, single, None, 0, 1, args.batch_size, args.steps)}
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

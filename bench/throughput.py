@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lrml.data.synthetic import SHAPES
 from lrml.model import LRML, LRMLConfig
-from lrml.train import Optimizer
+from lrml.optim import Optimizer
 
-SHAPES = {"ml-1m": (6_040, 3_706, 1_000_209), "ml-20m": (138_493, 26_744, 20_000_263)}
+BENCH_SHAPES = {name: SHAPES[name] for name in ("ml-1m", "ml-20m")}
 SKETCH = Path(os.environ.get("LRML_SEED_SKETCH", Path(__file__).resolve().parents[2] / "shared/reference/seed_lrml.py"))
 
 
@@ -107,7 +108,7 @@ def main() -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"d={args.dim}, N={args.memory}")
     print(f"{'shape':8} {'batch':>6} {'sketch pairs/s':>15} {'lrml pairs/s':>13} {'ratio':>7}")
-    for shape, (num_users, num_items, _) in SHAPES.items():
+    for shape, (num_users, num_items, _) in BENCH_SHAPES.items():
         for batch_size in args.batch_sizes:
             theirs = pairs_per_second(sketch_step(num_users, num_items, args.dim, args.memory),
                                       num_users, num_items, batch_size, args.seconds)

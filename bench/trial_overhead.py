@@ -48,11 +48,11 @@ class Timeline(tune.Callback):
         self.ends[trial.trial_id] = time.time()
 
 
-def run_path(spec: TrialSpec, trials: int, storage: str, train_data) -> dict[str, float]:
+def run_path(spec: TrialSpec, trials: int, storage: str) -> dict[str, float]:
     """Run ``trials`` identical trials one at a time; mean seconds per trial in each phase."""
     timeline = Timeline()
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(run_trial, spec=spec, train_data=train_data), spec.trial_resources),
+        tune.with_resources(tune.with_parameters(run_trial, spec=spec), spec.trial_resources),
         param_space={"seed": tune.grid_search(list(range(trials)))},
         tune_config=tune.TuneConfig(metric=MONITOR, mode="max", max_concurrent_trials=1,
                                     reuse_actors=not spec.ray_train),
@@ -110,8 +110,7 @@ def main() -> int:
             found = {}
             for name, spec in paths.items():
                 spec = replace(spec, train_storage=f"{storage}/train")
-                train_data = ray.data.read_parquet(f"{ref.path}/train.parquet").materialize() if spec.ray_train else None
-                found[name] = run_path(spec, args.trials, storage, train_data)
+                found[name] = run_path(spec, args.trials, storage)
     finally:
         ray.shutdown()
     phases = list(next(iter(found.values())))

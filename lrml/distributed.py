@@ -2,8 +2,8 @@
 
 A one-worker trial trains inside the Tune trial's own process, which Tune reuses from trial to
 trial, so a trial starts in well under a second. A trial of several workers (or one asked to) fits
-a Ray Train ``TorchTrainer``: each worker trains on its Ray Data shard of ``train.parquet``, the
-``lrml.parallel.Collective`` strategy sums gradients over the workers (gloo on CPU, NCCL on GPU;
+a Ray Train ``TorchTrainer``: each worker reads from ``train.parquet`` the pairs of its own block of
+users (``lrml.data.Shard``), the ``lrml.parallel.Collective`` strategy sums gradients over the workers (gloo on CPU, NCCL on GPU;
 sparse embedding gradients stay sparse) and shares rank 0's validation metrics, so every worker
 reports the same numbers the same number of times. Both paths report every epoch, attach a
 checkpoint whenever validation improves, and continue from the trial's checkpoint after a failure.
@@ -13,12 +13,12 @@ from __future__ import annotations
 import functools
 import math
 import os
+import resource
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import ray.train
 import ray.tune
 import torch
@@ -27,9 +27,9 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from lrml import checkpoint as checkpoints
-from lrml.data import Dataset, load_dataset, prepare
+from lrml.data import Dataset, Shard, load_dataset, prepare
 from lrml.parallel import Collective, SingleProcess
-from lrml.train import MONITOR, EpochReport, TrainConfig, Trainer, canonical_pairs
+from lrml.train import MONITOR, EpochReport, TrainConfig, Trainer
 
 CHECKPOINT_FILE = "model.pt"
 # A trial that fits a TorchTrainer only waits on it: no CPU (a fraction would strand a node's CPU),
@@ -46,17 +46,18 @@ class DatasetRef:
     data_dir: str | None
     fingerprint: str
 
-    def load(self) -> Dataset:
-        return _load(self)
+    def load(self, shard: Shard | None = None) -> Dataset:
+        return _load(self, shard)
 
 
 @functools.lru_cache(maxsize=2)
-def _load(ref: DatasetRef) -> Dataset:
-    """The dataset, loaded once per process (Tune reuses a trial's process for the next trial)."""
+def _load(ref: DatasetRef, shard: Shard | None) -> Dataset:
+    """The dataset (or a worker's shard of its training pairs), loaded once per process (Tune reuses a
+    trial's process for the next trial)."""
     path = ref.path
     if not Path(path, "manifest.json").exists():
         path = str(prepare(ref.name, ref.data_dir, progress=False))
-    dataset = load_dataset(path)
+    dataset = load_dataset(path, shard)
     if dataset.fingerprint != ref.fingerprint:
         raise RuntimeError(f"dataset at {path} on this node has fingerprint {dataset.fingerprint}, the search's is "
                            f"{ref.fingerprint}")
@@ -95,14 +96,11 @@ class TrialSpec:
         return torch.device("cuda" if self.gpus_per_worker and torch.cuda.is_available() else "cpu")
 
 
-def run_trial(searched: dict, spec: TrialSpec, train_data=None) -> None:
-    """Tune function trainable: train ``spec.base`` with the searched hyperparameters replaced.
-
-    ``train_data`` (a Ray Dataset of the training pairs) is needed only when ``spec.ray_train``.
-    """
+def run_trial(searched: dict, spec: TrialSpec) -> None:
+    """Tune function trainable: train ``spec.base`` with the searched hyperparameters replaced."""
     config = replace(spec.base, **searched)
     if spec.ray_train:
-        _fit_torch_trainer(config, spec, train_data)
+        _fit_torch_trainer(config, spec)
     else:
         _train_here(config, spec)
 
@@ -117,11 +115,11 @@ def _train_here(config: TrainConfig, spec: TrialSpec) -> None:
                 resume=resume)
 
 
-def _fit_torch_trainer(config: TrainConfig, spec: TrialSpec, train_data) -> None:
+def _fit_torch_trainer(config: TrainConfig, spec: TrialSpec) -> None:
     """Fit a TorchTrainer of ``spec.workers`` workers; ``TuneReportCallback`` forwards rank 0's reports."""
     trial_id = ray.tune.get_context().get_trial_id()
     TorchTrainer(
-        functools.partial(_worker_loop, config, spec, trial_id), datasets={"train": train_data},
+        functools.partial(_worker_loop, config, spec, trial_id),
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=spec.gpus_per_worker > 0,
                                      resources_per_worker={"CPU": spec.cpus_per_worker,
                                                            **({"GPU": spec.gpus_per_worker} if spec.gpus_per_worker else {})}),
@@ -134,19 +132,16 @@ def _fit_torch_trainer(config: TrainConfig, spec: TrialSpec, train_data) -> None
 
 
 def _worker_loop(config: TrainConfig, spec: TrialSpec, trial_id: str) -> None:
-    """One Ray Train worker: its shard of the training pairs, the same model as every other worker."""
+    """One Ray Train worker: its block of users' training pairs, the same model as every other worker."""
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(spec.threads)
     device = ray.train.torch.get_device() if spec.device().type == "cuda" else torch.device("cpu")
-    dataset = spec.dataset.load()
+    dataset = spec.dataset.load(Shard(rank, world) if world > 1 else None)
     trainer = Trainer(config, dataset, Collective() if world > 1 else SingleProcess(), device)
-    batches = list(ray.train.get_dataset_shard("train").iter_batches(batch_size=65536, batch_format="numpy"))
-    pairs = canonical_pairs(np.concatenate([b["user"] for b in batches]), np.concatenate([b["item"] for b in batches]),
-                            dataset.num_items)
-    where = _announce(trial_id, rank, world, len(pairs[0]))
-    trainer.fit(callback=_reporter(ray.train.report, ray.train.Checkpoint, where, rank), positives=lambda: pairs,
-                final_eval=False, resume=_read_checkpoint(ray.train.get_checkpoint(), dataset.fingerprint))
+    where = _announce(trial_id, rank, world, len(dataset.train_users))
+    trainer.fit(callback=_reporter(ray.train.report, ray.train.Checkpoint, where, rank), final_eval=False,
+                resume=_read_checkpoint(ray.train.get_checkpoint(), dataset.fingerprint))
 
 
 def _announce(trial_id: str, rank: int, world: int, pairs: int) -> dict:
@@ -175,10 +170,12 @@ def _reporter(report: Callable, checkpoint_class, where: dict, rank: int) -> Cal
     """A fit callback that reports every epoch; rank 0 attaches a checkpoint when validation improved.
 
     ``last_epoch`` tells the searcher that the trial ended by itself (max epochs or patience), not
-    because the scheduler stopped it.
+    because the scheduler stopped it; ``peak_rss_mb`` is the worker process's peak resident memory so far
+    (a reused process: over every trial it ran).
     """
     def report_epoch(epoch: EpochReport) -> None:
-        metrics = {**epoch.metrics, **where, "last_epoch": epoch.last}
+        metrics = {**epoch.metrics, **where, "last_epoch": epoch.last,
+                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if not (epoch.improved and rank == 0):
             report(metrics)
             return

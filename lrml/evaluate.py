@@ -5,6 +5,8 @@ the user's training items excluded (and the validation item too when testing).
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import torch
 
@@ -17,16 +19,36 @@ EVAL_BATCH_USERS = 256
 
 
 class Evaluator:
-    """Holds the per-split arrays (exclusion lists built once) and scores a model against them."""
+    """Scores a model against a dataset's held-out items; the exclusions of full ranking are built once, when first used."""
 
     def __init__(self, dataset: Dataset, ks: tuple[int, ...] = (10,)):
         self.dataset = dataset
         self.ks = ks
-        order = np.argsort(dataset.train_users, kind="stable")
-        self._train_items_sorted = dataset.train_items[order].astype(np.int64)
-        self._train_indptr = np.concatenate([[0], np.cumsum(np.bincount(dataset.train_users,
-                                                                        minlength=dataset.num_users))])
-        self._valid_item_of = dict(zip(dataset.valid_users.tolist(), dataset.valid_items.tolist()))
+
+    @cached_property
+    def _train_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's training items as one CSR pair (row starts, items), built when full ranking first needs it."""
+        dataset = self.dataset
+        if dataset.shard is not None:
+            raise ValueError(f"full ranking needs every user's training items; this dataset holds shard "
+                             f"{dataset.shard} of them")
+        users = dataset.train_users
+        order = None if np.all(users[1:] >= users[:-1]) else np.argsort(users, kind="stable")  # prepared: sorted
+        items = dataset.train_items.astype(np.int64) if order is None else dataset.train_items[order].astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=dataset.num_users))])
+        return starts, items
+
+    @cached_property
+    def _valid_item_of(self) -> np.ndarray:
+        """Each user's validation item (-1 for none), excluded when ranking for the test."""
+        found = np.full(self.dataset.num_users, -1, dtype=np.int64)
+        found[self.dataset.valid_users] = self.dataset.valid_items
+        return found
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The names ``evaluate`` gives each protocol's metrics."""
+        return list(ranking_metrics(np.zeros(1), self.ks))
 
     def evaluate(self, model: Recommender, part: str,
                  protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, dict[str, float]]:
@@ -63,15 +85,14 @@ class Evaluator:
 
     def _excluded(self, users: np.ndarray, part: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(row, item) pairs to skip in full ranking: training items, plus the validation item on test."""
-        starts, ends = self._train_indptr[users], self._train_indptr[users + 1]
+        train_starts, train_items = self._train_index
+        starts, ends = train_starts[users], train_starts[users + 1]
         lengths = ends - starts
         rows = np.repeat(np.arange(len(users)), lengths)
         offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        cols = self._train_items_sorted[np.repeat(starts, lengths) + offsets]
+        cols = train_items[np.repeat(starts, lengths) + offsets]
         if part == "test":
-            extra = [(row, self._valid_item_of[user]) for row, user in enumerate(users.tolist())
-                     if user in self._valid_item_of]
-            if extra:
-                extra_rows, extra_cols = np.array(extra).T
-                rows, cols = np.concatenate([rows, extra_rows]), np.concatenate([cols, extra_cols])
+            valid_items = self._valid_item_of[users]
+            has_valid = np.flatnonzero(valid_items >= 0)
+            rows, cols = np.concatenate([rows, has_valid]), np.concatenate([cols, valid_items[has_valid]])
         return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)

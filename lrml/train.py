@@ -22,10 +22,10 @@ from lrml import checkpoint as checkpoints
 from lrml import cli
 from lrml.baselines import BPRMF, BPRConfig, Popularity, PopularityConfig
 from lrml.data import Dataset, SplitParams, load_dataset, prepare
-from lrml.data.split import interaction_keys
 from lrml.errors import UserError
 from lrml.evaluate import Evaluator
-from lrml.model import LRML, LRMLConfig, Recommender, split_parameters
+from lrml.model import LRML, LRMLConfig, Recommender
+from lrml.optim import Optimizer
 from lrml.parallel import Collective, SingleProcess
 from lrml.sampling import NegativeSampler
 
@@ -43,7 +43,7 @@ class TrainConfig:
     margin: float = 0.2
     reg_weight: float = 0.01
     lr: float = 1e-3
-    optimizer: str = "adam"  # "adam" (SparseAdam on sparse embeddings) or "adagrad"
+    optimizer: str = "adam"  # "adam" (row-wise Adam on sparse embeddings) or "adagrad"
     batch_size: int = 1024
     max_epochs: int = 100
     patience: int = 5  # stop after this many epochs without a better validation nDCG@10
@@ -92,33 +92,6 @@ def build_model(config: TrainConfig, num_users: int, num_items: int) -> Recommen
                            regularizer=config.regularizer, sparse=config.regularizer != "seed"))
 
 
-class Optimizer:
-    """Adam (SparseAdam for sparse embedding gradients, Adam for the rest) or Adagrad, stepped as one."""
-
-    def __init__(self, model: Recommender, name: str, lr: float):
-        sparse, dense = split_parameters(model)
-        if name == "adagrad":
-            self.parts = [torch.optim.Adagrad(sparse + dense, lr=lr)] if sparse or dense else []
-        else:
-            self.parts = ([torch.optim.SparseAdam(sparse, lr=lr)] if sparse else []) + \
-                         ([torch.optim.Adam(dense, lr=lr)] if dense else [])
-
-    def zero_grad(self) -> None:
-        for part in self.parts:
-            part.zero_grad(set_to_none=True)
-
-    def step(self) -> None:
-        for part in self.parts:
-            part.step()
-
-    def state_dict(self) -> list[dict]:
-        return [part.state_dict() for part in self.parts]
-
-    def load_state_dict(self, states: list[dict]) -> None:
-        for part, state in zip(self.parts, states, strict=True):
-            part.load_state_dict(state)
-
-
 @dataclass
 class EpochReport:
     """What the per-epoch callback receives."""
@@ -141,13 +114,6 @@ class FitResult:
 
 class TrainingDiverged(RuntimeError):
     """The loss or the validation metric stopped being a finite number."""
-
-
-def canonical_pairs(users: np.ndarray, items: np.ndarray, num_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """The (user, item) pairs sorted by user, then item: an order that does not depend on how they were read,
-    so the same seed shuffles them the same way whether they came from a file or a Ray Data shard."""
-    keys = interaction_keys(users, items, num_items)
-    return keys // num_items, keys % num_items
 
 
 class Trainer:
@@ -211,8 +177,12 @@ class Trainer:
         return loss_sum / max(pairs, 1)
 
     def validate(self) -> dict[str, float]:
-        """Sampled validation metrics, flat and prefixed (``valid/sampled/ndcg@10``); rank 0's on every worker."""
-        found = self.evaluator.evaluate(self.model, "valid", ("sampled",))["sampled"]
+        """Sampled validation metrics, flat and prefixed (``valid/sampled/ndcg@10``): rank 0 evaluates, every
+        worker gets its numbers."""
+        if self.parallel.rank == 0:
+            found = self.evaluator.evaluate(self.model, "valid", ("sampled",))["sampled"]
+        else:
+            found = dict.fromkeys(self.evaluator.metric_names, 0.0)
         return self.parallel.agree_from_rank_zero({f"valid/sampled/{name}": value for name, value in found.items()})
 
     def final_metrics(self) -> dict:
@@ -244,8 +214,8 @@ class Trainer:
             final_eval: bool = True, resume: dict | None = None) -> FitResult:
         """Train with early stopping on validation nDCG@10; the model ends at its best epoch.
 
-        ``positives`` supplies each epoch's (users, items) training pairs (default: the whole
-        training split; the Ray adapter passes its worker's shard), ``final_eval`` adds validation
+        ``positives`` supplies each epoch's (users, items) training pairs (default: the dataset's
+        training pairs, all of them or its shard's), ``final_eval`` adds validation
         and test metrics in both protocols, and ``resume`` (a checkpoint dict, written at the best
         epoch so far) continues a run where that checkpoint left it.
         """
@@ -261,7 +231,9 @@ class Trainer:
         for epoch in range(best_epoch + 1, max_epochs + 1):
             epoch_start = time.perf_counter()
             loss = self.train_epoch(*positives())
-            metrics = {"epoch": epoch, "loss": loss, **self.validate(), "seconds": time.perf_counter() - epoch_start}
+            validation_start = time.perf_counter()
+            metrics = {"epoch": epoch, "loss": loss, **self.validate(), "seconds": time.perf_counter() - epoch_start,
+                       "validation_seconds": time.perf_counter() - validation_start}
             if not all(math.isfinite(metrics[name]) for name in ("loss", MONITOR)):
                 raise TrainingDiverged(f"epoch {epoch}: loss {loss}, {MONITOR} {metrics[MONITOR]}: the model diverged "
                                        f"(lr {self.config.lr:g} may be too high)")

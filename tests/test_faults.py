@@ -72,6 +72,20 @@ def test_ctrl_c_and_sigterm_stop_the_search_and_say_how_to_continue(tmp_path):
     assert resumed.returncode == 0 and "6 trials (0 failed)" in resumed.stdout, resumed.stdout[-3000:]
 
 
+def test_ctrl_c_while_every_trial_runs_is_an_interrupt_not_a_finished_search(tmp_path):
+    storage = tmp_path / "ray"
+    experiment = storage / "running"
+    log = tmp_path / "running.log"
+    process = start(storage, "running", "--num-samples", "2", "--max-epochs", "50", "--scheduler", "none", log=log)
+    reported = lambda: sum(bool(f.read_text().strip()) for f in experiment.glob("run_trial_*/result.json"))  # noqa: E731
+    wait_for(lambda: reported() == 2)  # both trials run; none is pending, none has finished
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=180) == 130, log.read_text()[-3000:]
+    output = log.read_text()
+    assert "search interrupted (SIGINT): 0 of 2 trials finished" in output and "best trial" not in output
+    assert json.loads((experiment / "lrml_search.json").read_text())["outcome"] is None
+
+
 def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
     storage = tmp_path / "ray"
     experiment = storage / "killed"

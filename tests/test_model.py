@@ -52,6 +52,20 @@ def test_gradients_reach_keys_memory_and_only_batch_rows():
     assert touched == set(pos.tolist()) | set(neg.tolist())
 
 
+def test_loss_by_hand_counts_a_repeated_row_as_often_as_it_occurs():
+    model = spread(LRML(LRMLConfig(USERS, ITEMS, embedding_dim=8, memory_size=5, reg_weight=0.1)))
+    users, pos, neg = torch.tensor([3, 3, 3, 7]), torch.tensor([1, 2, 1, 5]), torch.tensor([2, 9, 9, 1])
+    with torch.no_grad():
+        rows = [model.user_embedding.weight[users], model.item_embedding.weight[pos], model.item_embedding.weight[neg]]
+        p, q, q_neg = (clip_by_norm(r, 1.0) for r in rows)
+        relation = torch.softmax((p * q) @ model.keys, dim=-1) @ model.memory
+        pos_score = -torch.sqrt((p + relation - q).pow(2).sum(1) + 1e-3)
+        neg_score = -torch.sqrt((p + relation - q_neg).pow(2).sum(1) + 1e-3)
+        squares = sum(r.pow(2).sum() for r in rows) + model.keys.pow(2).sum() + model.memory.pow(2).sum()
+        expected = torch.relu(0.5 - pos_score + neg_score).sum() + 0.05 * squares
+    assert torch.allclose(model.loss(users, pos, neg), expected, rtol=1e-6)
+
+
 def test_clipped_norms_hold():
     model = spread(LRML(LRMLConfig(USERS, ITEMS, embedding_dim=8, memory_size=5, clip_radius=1.0)))
     with torch.no_grad():
@@ -166,7 +180,7 @@ class RecommenderContract:
         model = self.make()
         if isinstance(model, Popularity):
             pytest.skip("popularity has nothing to train")
-        from lrml.train import Optimizer
+        from lrml.optim import Optimizer
         optimizer = Optimizer(model, "adam", 0.01)
         users, pos, neg = batch(256)
         first = model(users, pos, neg).item()

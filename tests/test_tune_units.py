@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import optuna
 import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
@@ -106,6 +107,19 @@ def test_bootstrap_interval_and_paired_test_against_known_answers():
     assert paired_randomization_test([1, 1, 1], [0, 0, 0]) == pytest.approx(0.25, abs=0.015)
     assert paired_randomization_test([0.3] * 50, [0.3] * 50) == 1.0  # no difference at all
     assert paired_randomization_test([1.0] * 30, [0.0] * 30) < 0.001
+
+
+def test_resampling_counts_of_values_matches_resampling_users():
+    """Drawing how many users take each value gives the interval and p-value of drawing the users themselves."""
+    rng = np.random.default_rng(1)
+    ndcg = np.where(rng.random(600) < 0.4, 1 / np.log2(rng.integers(0, 10, 600) + 2.0), 0.0)
+    means = ndcg[rng.integers(0, 600, (10_000, 600))].mean(axis=1)
+    assert bootstrap_ci(ndcg) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])), abs=0.004)
+    other = np.where(rng.random(600) < 0.45, 1 / np.log2(rng.integers(0, 10, 600) + 2.0), 0.0)
+    differences = ndcg - other
+    flipped = np.abs((rng.choice((-1.0, 1.0), (10_000, 600)) * differences).mean(axis=1))
+    expected = ((flipped >= abs(differences.mean()) - 1e-12).sum() + 1) / 10_001
+    assert paired_randomization_test(ndcg, other) == pytest.approx(expected, abs=0.01)
 
 
 def test_baseline_searches_are_found_beside_the_lrml_search_only_with_the_same_budget(tmp_path):

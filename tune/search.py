@@ -23,7 +23,7 @@ from pathlib import Path
 import ray
 
 from lrml import cli
-from lrml.data import SplitParams, load_dataset, prepare
+from lrml.data import SplitParams, prepare, read_manifest
 from lrml.train import MODELS
 from lrml_tune.checks import check_settings, check_storage_shared
 from lrml_tune.local_ray import exclusive_local_ray
@@ -129,16 +129,18 @@ def search(settings: SearchSettings, resume: bool, prog: str) -> int:
     with local:
         started = time.perf_counter()
         announce(settings)
-        dataset = load_dataset(prepare(settings.dataset, settings.data_dir, params=SplitParams()))
-        counts = dataset.manifest["counts"]
+        dataset_path = prepare(settings.dataset, settings.data_dir, params=SplitParams())
+        manifest = read_manifest(dataset_path)  # the trials load the data; the driver needs only its facts
+        counts = manifest["counts"]
         print(f"{settings.dataset}: {counts['users']} users, {counts['items']} items, {counts['train']} training "
               "pairs", flush=True)
         connect(settings)  # ray.init sets a SIGTERM handler of its own, so ours goes in after it
-        with _sigterm_as_sigint() as signals:
+        with _stop_signals() as signals:
             try:
                 concurrency = plan(settings)
-                tuner = build_tuner(settings, trial_spec(settings, dataset), concurrency, resume)
-                record = SearchRecord(settings, str(dataset.path), dataset.fingerprint)
+                tuner = build_tuner(settings, trial_spec(settings, dataset_path, manifest["fingerprint"]), concurrency,
+                                    resume)
+                record = SearchRecord(settings, str(dataset_path), manifest["fingerprint"])
                 if not resume:
                     record.write()
                 search_started, search_started_at = time.perf_counter(), time.time()
@@ -147,7 +149,7 @@ def search(settings: SearchSettings, resume: bool, prog: str) -> int:
             finally:
                 ray.shutdown()
     if signals or finished(results) < settings.num_samples:
-        name = signal.Signals(signals[-1]).name if signals else "SIGINT"
+        name = signal.Signals(signals[-1]).name if signals else "stopped early"
         print(f"\nsearch interrupted ({name}): {finished(results)} of {settings.num_samples} trials finished; "
               f"nothing is summarised. Continue it with:\n  {continue_command(settings, prog)}", file=sys.stderr)
         return 128 + (signals[-1] if signals else signal.SIGINT)
@@ -201,19 +203,30 @@ def print_outcome(outcome: SearchOutcome, settings: SearchSettings) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_sigint():
-    """Treat SIGTERM as Ctrl-C (Tune then saves the experiment and stops); yields the signals received."""
+def _stop_signals():
+    """Treat SIGTERM as Ctrl-C (Tune then saves the experiment and stops); yields the signals received.
+
+    While it runs, Tune holds SIGINT, and a SIGINT that stops it puts back the handler Tune found:
+    ``after_tune``. Finding it back is how a Ctrl-C is known, even when every trial was running and
+    Tune's results then count them all as ended.
+    """
     received: list[int] = []
+
+    def after_tune(number, frame):  # Tune has already stopped: a second Ctrl-C ends the command
+        raise KeyboardInterrupt
 
     def forward(number, frame):
         received.append(number)
         os.kill(os.getpid(), signal.SIGINT)
 
-    previous = signal.signal(signal.SIGTERM, forward)
+    previous_int, previous_term = signal.signal(signal.SIGINT, after_tune), signal.signal(signal.SIGTERM, forward)
     try:
         yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGINT) is after_tune and not received:
+            received.append(signal.SIGINT)
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def run(argv: list[str]) -> int:

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
-import ray
 from ray import tune
 
-from lrml.data import Dataset
 from lrml.distributed import DatasetRef, TrialSpec, run_trial
 from lrml.errors import UserError
 from lrml.train import MONITOR, defaults
@@ -21,10 +20,10 @@ from lrml_tune.watch import ConsoleProgress, logger_callbacks
 SCHEDULER_STATE_FILE = "scheduler-state.pickle"
 
 
-def trial_spec(settings: SearchSettings, dataset: Dataset) -> TrialSpec:
+def trial_spec(settings: SearchSettings, dataset_path: Path, fingerprint: str) -> TrialSpec:
     """What every trial shares: the model's defaults with this search's budget and seed, the dataset, resources."""
     base = replace(defaults(settings.model), max_epochs=settings.max_epochs, seed=settings.seed)
-    return TrialSpec(base, DatasetRef(str(dataset.path), settings.dataset, settings.data_dir, dataset.fingerprint),
+    return TrialSpec(base, DatasetRef(str(dataset_path), settings.dataset, settings.data_dir, fingerprint),
                      workers=settings.workers_per_trial, cpus_per_worker=settings.cpus_per_worker,
                      gpus_per_worker=settings.gpus_per_worker, ray_train=settings.workers_per_trial > 1,
                      train_storage=f"{settings.experiment}/train", max_failures=settings.max_failures)
@@ -36,10 +35,7 @@ def build_tuner(settings: SearchSettings, spec: TrialSpec, concurrency: int, res
     On ``resume`` Tune restores the trials and the searcher it saved; the scheduler, saved by Tune with
     the Tuner as it was at the start, reads back its rungs from the experiment folder.
     """
-    # trials of several workers share one read of train.parquet through Ray Data; one-worker trials read the folder
-    train_data = ray.data.read_parquet(f"{spec.dataset.path}/train.parquet").materialize() if spec.ray_train else None
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec, train_data=train_data),
-                                    spec.trial_resources)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), spec.trial_resources)
     if resume:
         if not tune.Tuner.can_restore(settings.experiment):
             raise UserError(f"--resume: no search to resume at {settings.experiment}")
@@ -67,8 +63,9 @@ def build_tuner(settings: SearchSettings, spec: TrialSpec, concurrency: int, res
 
 
 def finished(results: tune.ResultGrid) -> int:
-    """How many trials ran to their end (completed, stopped early or failed)."""
-    return results.num_terminated + results.num_errors
+    """How many trials ran to their end (completed, stopped early or failed). Tune's own count also takes in
+    the trials a Ctrl-C stopped mid-epoch; their last result does not say ``done``."""
+    return sum(1 for result in results if result.error is not None or (result.metrics or {}).get("done", False))
 
 
 def summarize(results: tune.ResultGrid, wall_seconds: float, search_started_at: float, search_seconds: float,

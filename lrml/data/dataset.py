@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock
 
-from lrml.data import split
+from lrml.data import split, synthetic
 from lrml.data.errors import DataError, DatasetMismatchError, SplitError
 from lrml.data.parsers import parse_ratings, parse_titles
 from lrml.data.releases import get_release
@@ -63,7 +63,10 @@ def prepare(dataset: str = "ml-latest-small", source: str | Path | None = None, 
 
     ``source`` is the release archive or its extracted folder; without it ml-latest-small comes
     from the copy inside this package and other releases are downloaded and verified.
+    ``synthetic-<release>`` (for example ``synthetic-ml-20m``) is generated in that release's shape.
     """
+    if synthetic.is_synthetic(dataset):
+        return _prepare_synthetic(dataset, source, out_dir, params, overwrite, progress)
     release = get_release(dataset)
     out_dir = Path(out_dir) if out_dir else data_home() / "datasets" / (release.name + params.folder_suffix())
     raw = read_source(release, Path(source) if source else None, data_home() / "downloads", progress)
@@ -78,6 +81,22 @@ def prepare(dataset: str = "ml-latest-small", source: str | Path | None = None, 
                           f"{release.ratings}; the file may be truncated or edited", stacklevel=2)
         titles = parse_titles(raw.titles, release.ratings_format) if raw.titles else None
         write_dataset(frame, out_dir, release.name, source_info, params, titles)
+    return out_dir
+
+
+def _prepare_synthetic(name: str, source: str | Path | None, out_dir: str | Path | None, params: SplitParams,
+                       overwrite: bool, progress: bool) -> Path:
+    """Generate and prepare ``synthetic-<shape>`` unless a folder already holds it (generation is the slow part)."""
+    if source is not None:
+        raise DataError(f"{name} is generated, not read: drop the data folder ({source})")
+    source_info = synthetic.synthetic_source(name)
+    out_dir = Path(out_dir) if out_dir else data_home() / "datasets" / (name + params.folder_suffix())
+    with _preparing(out_dir):
+        if not _reusable(out_dir, name, source_info, params, overwrite):
+            if progress:
+                print(f"{name}: generating {synthetic.synthetic_shape(name)[2]:,} ratings into {out_dir}", flush=True)
+            write_dataset(synthetic.generate(*synthetic.synthetic_shape(name), seed=0), out_dir, name, source_info,
+                          params)
     return out_dir
 
 
@@ -196,6 +215,19 @@ def _write_atomically(out_dir: Path, tables: dict[str, pd.DataFrame], manifest: 
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Data-parallel worker ``rank`` of ``world``: it holds the training pairs of one contiguous block of users,
+    all of each user's, so its negative sampler knows every positive of the users it trains on."""
+
+    rank: int
+    world: int
+
+    def user_range(self, num_users: int) -> tuple[int, int]:
+        """The first user of the block and one past its last."""
+        return self.rank * num_users // self.world, (self.rank + 1) * num_users // self.world
+
+
 @dataclass
 class Dataset:
     """A prepared dataset in memory: index arrays for each split and the fixed candidates."""
@@ -213,6 +245,7 @@ class Dataset:
     item_titles: list[str | None] = field(repr=False, default_factory=list)
     item_raw_ids: np.ndarray = field(repr=False, default=None)
     user_raw_ids: np.ndarray = field(repr=False, default=None)
+    shard: Shard | None = None  # the training pairs are this shard's only; None: all of them
 
     @property
     def num_users(self) -> int:
@@ -240,22 +273,36 @@ class Dataset:
         raise ValueError(f"unknown split {part!r}; expected 'valid' or 'test'")
 
 
-def load_dataset(path: str | Path) -> Dataset:
-    """Load a prepared folder, refusing one without a manifest or of another format version."""
-    path = Path(path)
-    manifest_path = path / MANIFEST
+def read_manifest(path: str | Path) -> dict:
+    """A prepared folder's manifest (counts, fingerprint) without its tables; refuses a folder without one
+    or of another format version."""
+    manifest_path = Path(path) / MANIFEST
     if not manifest_path.exists():
         raise DataError(f"{path}: not a prepared dataset (no {MANIFEST}); run lrml.data.prepare first")
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{manifest_path}: format version {manifest.get('format_version')!r}, this lrml reads "
                         f"{FORMAT_VERSION}; prepare the dataset again with overwrite=True")
+    return manifest
 
-    def columns(file_name: str, *names: str) -> list[np.ndarray]:
-        table = pq.read_table(path / file_name, columns=list(names))
+
+def load_dataset(path: str | Path, shard: Shard | None = None) -> Dataset:
+    """Load a prepared folder (see ``read_manifest`` for what is refused).
+
+    With ``shard``, only that shard's training pairs are read (row groups of other users are skipped).
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+
+    def columns(file_name: str, *names: str, filters=None) -> list[np.ndarray]:
+        table = pq.read_table(path / file_name, columns=list(names), filters=filters)
         return [table.column(name).to_numpy().copy() for name in names]  # writable, for torch
 
-    train_users, train_items = columns("train.parquet", "user", "item")
+    block = None
+    if shard is not None:
+        first, end = shard.user_range(manifest["counts"]["users"])
+        block = [("user", ">=", first), ("user", "<", end)]
+    train_users, train_items = columns("train.parquet", "user", "item", filters=block)
     valid_users, valid_items = columns("valid.parquet", "user", "item")
     test_users, test_items = columns("test.parquet", "user", "item")
     num_candidates = manifest["split_params"]["num_candidates"]
@@ -269,4 +316,4 @@ def load_dataset(path: str | Path) -> Dataset:
     (user_raw_ids,) = columns("users.parquet", "raw_id")
     return Dataset(path, manifest, train_users, train_items, valid_users, valid_items, test_users, test_items,
                    valid_cands.reshape(-1, num_candidates), test_cands.reshape(-1, num_candidates),
-                   item_titles=titles, item_raw_ids=items["raw_id"].to_numpy(), user_raw_ids=user_raw_ids)
+                   item_titles=titles, item_raw_ids=items["raw_id"].to_numpy(), user_raw_ids=user_raw_ids, shard=shard)

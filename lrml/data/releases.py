@@ -72,4 +72,5 @@ def get_release(name: str) -> Release:
         return RELEASES[name]
     except KeyError:
         known = ", ".join(RELEASES)
-        raise UnknownDatasetError(f"unknown dataset {name!r}; known MovieLens releases: {known}") from None
+        raise UnknownDatasetError(f"unknown dataset {name!r}; known MovieLens releases: {known}; or synthetic-<release> "
+                                  "for generated data of a release's shape") from None

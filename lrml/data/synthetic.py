@@ -2,15 +2,45 @@
 
 Item popularity follows a Zipf law and user activity a Pareto law with a floor, the two skews
 that make MovieLens hard for popularity-blind samplers and easy for popularity baselines.
+``prepare("synthetic-ml-20m")`` generates the named release's shape once (seed 0) and prepares it.
 """
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import pandas as pd
 
+from lrml.data.errors import UnknownDatasetError
+
 RATING_LEVELS = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
 RATING_SHARES = np.array([0.061, 0.114, 0.271, 0.342, 0.212])  # ml-100k's rating histogram
 FIRST_TIMESTAMP, LAST_TIMESTAMP = 789_652_009, 1_427_784_002  # ml-20m's span
+PREFIX = "synthetic-"
+GENERATOR_VERSION = 1  # bump when generate() changes what a seed produces
+# (users, items, interactions) of the MovieLens releases, the shapes a synthetic dataset can take
+SHAPES = {"ml-100k": (943, 1_682, 100_000), "ml-1m": (6_040, 3_706, 1_000_209),
+          "ml-10m": (69_878, 10_677, 10_000_054), "ml-20m": (138_493, 26_744, 20_000_263)}
+
+
+def is_synthetic(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def synthetic_shape(name: str) -> tuple[int, int, int]:
+    """The (users, items, interactions) of ``synthetic-<shape>``; an unknown shape names the known ones."""
+    shape = SHAPES.get(name.removeprefix(PREFIX))
+    if shape is None:
+        raise UnknownDatasetError(f"unknown dataset {name!r}; synthetic shapes: "
+                                  f"{', '.join(PREFIX + known for known in SHAPES)}")
+    return shape
+
+
+def synthetic_source(name: str) -> dict:
+    """What a prepared folder records as its source: the generator, shape and seed, digested as its identity."""
+    shape = synthetic_shape(name)
+    recipe = f"lrml.data.synthetic v{GENERATOR_VERSION}: generate{shape}, seed 0"
+    return {"origin": recipe, "ratings_sha256": hashlib.sha256(recipe.encode()).hexdigest(), "archive_verified": False}
 
 
 def generate(num_users: int, num_items: int, num_interactions: int, seed: int = 0,

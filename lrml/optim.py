@@ -1,0 +1,100 @@
+"""Optimizers for models with sparse embedding tables: a row-wise Adam and the trainer's combined optimizer.
+
+``RowWiseAdam`` is lazy Adam on the rows a batch touches, with ``torch.optim.SparseAdam``'s
+semantics exactly: one step counter per table, and a row's moments decay only on the steps that
+touch it. SparseAdam builds five sparse tensors and masks the dense state twice per step; here
+the step gathers the touched rows of the weights and both moments once, updates them in place
+and writes them back, as the fused row-wise optimizers of large-embedding libraries do.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lrml.model import split_parameters
+
+
+class RowWiseAdam(torch.optim.Optimizer):
+    """Adam on the rows present in each sparse gradient; untouched rows and their moments stay as they are.
+
+    State and hyperparameters are SparseAdam's (``step``, ``exp_avg``, ``exp_avg_sq``; ``lr``,
+    ``betas``, ``eps``), so either can load the other's ``state_dict``.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        if lr <= 0 or eps <= 0 or not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"lr={lr}, betas={betas}, eps={eps}: need lr > 0, eps > 0, 0 <= beta < 1")
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "maximize": False})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if not param.grad.is_sparse:
+                    raise RuntimeError("RowWiseAdam takes sparse gradients; use torch.optim.Adam for dense ones")
+                state = self.state[param]
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))
+                state["step"] += 1
+                rows, grad_rows = _distinct_rows(param.grad)
+                if len(rows) == 0:
+                    continue
+                step = state["step"]
+                step_size = group["lr"] * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+                _adam_rows(param, state["exp_avg"], state["exp_avg_sq"], rows, grad_rows,
+                           beta1, beta2, group["eps"], step_size)
+
+
+def _distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row indices of a sparse gradient and their values, each row once (repeated rows summed).
+
+    Rows already strictly increasing (``lrml.model.lookup_distinct`` gives them so; autograd does not
+    keep the flag that says it) skip the sort that coalescing costs.
+    """
+    rows = grad._indices()[0]
+    if not (grad.is_coalesced() or bool((rows[1:] > rows[:-1]).all())):
+        grad = grad.coalesce()
+        rows = grad._indices()[0]
+    return rows, grad._values()
+
+
+def _adam_rows(param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, rows: torch.Tensor,
+               grad_rows: torch.Tensor, beta1: float, beta2: float, eps: float, step_size: float) -> None:
+    """The Adam update of ``rows`` (distinct) in place: one gather and one write-back per table."""
+    first = exp_avg.index_select(0, rows).lerp_(grad_rows, 1 - beta1)
+    second = exp_avg_sq.index_select(0, rows).mul_(beta2).addcmul_(grad_rows, grad_rows, value=1 - beta2)
+    exp_avg.index_copy_(0, rows, first)
+    exp_avg_sq.index_copy_(0, rows, second)
+    param.index_add_(0, rows, first.div_(second.sqrt_().add_(eps)), alpha=-step_size)
+
+
+class Optimizer:
+    """Adam (row-wise on sparse embedding gradients, ``torch.optim.Adam`` on the rest) or Adagrad, stepped as one."""
+
+    def __init__(self, model: nn.Module, name: str, lr: float):
+        sparse, dense = split_parameters(model)
+        if name == "adagrad":
+            self.parts = [torch.optim.Adagrad(sparse + dense, lr=lr)] if sparse or dense else []
+        else:
+            self.parts = ([RowWiseAdam(sparse, lr=lr)] if sparse else []) + \
+                         ([torch.optim.Adam(dense, lr=lr)] if dense else [])
+
+    def zero_grad(self) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()
+
+    def state_dict(self) -> list[dict]:
+        return [part.state_dict() for part in self.parts]
+
+    def load_state_dict(self, states: list[dict]) -> None:
+        for part, state in zip(self.parts, states, strict=True):
+            part.load_state_dict(state)

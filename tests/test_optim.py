@@ -1,0 +1,90 @@
+"""The row-wise Adam: the lazy Adam step computed by hand, SparseAdam's results, and its state."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lrml.model import LRML, LRMLConfig
+from lrml.optim import Optimizer, RowWiseAdam
+
+
+def sparse_rows(rows: list[int], values: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+    """An uncoalesced sparse gradient: ``rows`` may repeat, as in an embedding's backward."""
+    return torch.sparse_coo_tensor(torch.tensor([rows]), torch.tensor(values, dtype=torch.float32), shape,
+                                   check_invariants=True)
+
+
+def lazy_adam_by_hand(weights, gradients, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Adam on the rows each gradient touches (duplicates summed); other rows and their moments untouched."""
+    weights = weights.astype(np.float64).copy()
+    first, second = np.zeros_like(weights), np.zeros_like(weights)
+    for step, (rows, values) in enumerate(gradients, start=1):
+        summed = {}
+        for row, value in zip(rows, values):
+            summed[row] = summed.get(row, 0.0) + value
+        for row, grad in summed.items():
+            first[row] = beta1 * first[row] + (1 - beta1) * grad
+            second[row] = beta2 * second[row] + (1 - beta2) * grad * grad
+            size = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+            weights[row] -= size * first[row] / (np.sqrt(second[row]) + eps)
+    return weights, first, second
+
+
+GRADIENTS = [([0, 2, 0], np.array([[1.0, -2.0], [0.5, 0.5], [3.0, 1.0]])),  # row 0 twice: 4, -1
+             ([2], np.array([[-1.0, 4.0]])),  # row 0 skipped: its moments must not decay
+             ([0, 3], np.array([[0.25, 0.0], [2.0, -2.0]]))]
+
+
+def run(optimizer_class, start):
+    weight = torch.nn.Parameter(torch.tensor(start, dtype=torch.float32))
+    optimizer = optimizer_class([weight], lr=0.1)
+    for rows, values in GRADIENTS:
+        weight.grad = sparse_rows(rows, values, tuple(weight.shape))
+        optimizer.step()
+    return weight.detach().numpy(), optimizer.state[weight]
+
+
+def test_row_wise_adam_is_lazy_adam_computed_by_hand():
+    start = np.arange(10, dtype=np.float64).reshape(5, 2) / 10
+    expected, first, second = lazy_adam_by_hand(start, GRADIENTS)
+    found, state = run(RowWiseAdam, start)
+    assert np.allclose(found, expected, atol=1e-6)
+    assert np.allclose(state["exp_avg"].numpy(), first, atol=1e-6)
+    assert np.allclose(state["exp_avg_sq"].numpy(), second, atol=1e-6)
+    assert state["step"] == 3
+    assert np.array_equal(found[[1, 4]], start[[1, 4]].astype(np.float32))  # never touched
+
+
+def test_row_wise_adam_matches_sparse_adam_and_reads_its_state():
+    start = np.random.default_rng(0).normal(size=(5, 2))
+    ours, our_state = run(RowWiseAdam, start)
+    theirs, their_state = run(torch.optim.SparseAdam, start)
+    assert np.allclose(ours, theirs, atol=1e-6)
+    weight = torch.nn.Parameter(torch.zeros(5, 2))
+    sparse_adam = torch.optim.SparseAdam([weight], lr=0.1)
+    weight.grad = sparse_rows([1], np.array([[1.0, 1.0]]), (5, 2))
+    sparse_adam.step()
+    row_wise = RowWiseAdam([weight], lr=0.5)
+    row_wise.load_state_dict(sparse_adam.state_dict())  # a checkpoint written before RowWiseAdam loads
+    assert row_wise.state[weight]["step"] == 1 and row_wise.param_groups[0]["lr"] == 0.1
+
+
+def test_row_wise_adam_refuses_dense_gradients():
+    weight = torch.nn.Parameter(torch.zeros(3, 2))
+    weight.grad = torch.ones(3, 2)
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        RowWiseAdam([weight]).step()
+
+
+def test_a_training_step_moves_only_the_batch_rows():
+    model = LRML(LRMLConfig(20, 30, embedding_dim=4, memory_size=3, reg_weight=0.1))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    optimizer = Optimizer(model, "adam", 0.01)
+    users, pos, neg = torch.tensor([1, 1, 5]), torch.tensor([2, 7, 2]), torch.tensor([9, 3, 9])
+    model(users, pos, neg).backward()
+    optimizer.step()
+    moved_users = (model.user_embedding.weight != before["user_embedding.weight"]).any(1).nonzero().flatten()
+    moved_items = (model.item_embedding.weight != before["item_embedding.weight"]).any(1).nonzero().flatten()
+    assert moved_users.tolist() == [1, 5] and moved_items.tolist() == [2, 3, 7, 9]
+    assert not torch.equal(model.keys, before["keys"]) and not torch.equal(model.memory, before["memory"])
