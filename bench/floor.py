@@ -26,38 +26,43 @@ from lrml.model import LRML, LRMLConfig
 FLOAT = 4  # bytes
 
 
+def calls_per_second(work, seconds: float) -> float:
+    """How often ``work()`` runs per second, over about ``seconds`` after one call to warm up."""
+    work()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        work()
+        done += 1
+    return done / (time.perf_counter() - start)
+
+
 def matmul_flops(size: int = 2048, seconds: float = 3.0) -> float:
     """float32 FLOP/s of a square matrix product, the best this machine's BLAS does."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        done += 1
-    return done * 2 * size ** 3 / (time.perf_counter() - start)
+    return 2 * size ** 3 * calls_per_second(lambda: a @ b, seconds)
 
 
 def memory_bandwidth(megabytes: int = 512, seconds: float = 3.0) -> float:
     """Bytes per second moved by a copy far larger than the caches (each byte read once, written once)."""
     source = torch.randn(megabytes * 2 ** 20 // FLOAT)
     target = torch.empty_like(source)
-    target.copy_(source)
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        target.copy_(source)
-        done += 1
-    return done * 2 * source.numel() * FLOAT / (time.perf_counter() - start)
+    return 2 * source.numel() * FLOAT * calls_per_second(lambda: target.copy_(source), seconds)
+
+
+def forward_flops(d: int, n: int) -> float:
+    """FLOPs of LRML's score of one pair: attention logits and the memory read (2dN each), the
+    distance and the sum p + r (about 8d)."""
+    return 4 * d * n + 8 * d
 
 
 def training_pair_cost(d: int, n: int) -> tuple[float, float]:
     """FLOPs and bytes per training triple (user, positive, negative).
 
-    Forward: attention logits and the memory read (2dN each), the two distances and the sum p + r
-    (about 8d); backward about twice the forward. Bytes: the three looked-up rows, and the optimizer
-    reading and writing each row's weights and two Adam moments (at most three distinct rows a pair).
+    The forward of one pair (the second distance reuses the attention), backward about twice that.
+    Bytes: the three looked-up rows, and the optimizer reading and writing each row's weights and two
+    Adam moments (at most three distinct rows a pair).
     """
-    forward = 4 * d * n + 8 * d
-    return 3 * forward, 3 * d * FLOAT * (1 + 6)
+    return 3 * forward_flops(d, n), 3 * d * FLOAT * (1 + 6)
 
 
 def full_ranking_pair_cost(d: int, n: int) -> tuple[float, float]:
@@ -68,9 +73,9 @@ def full_ranking_pair_cost(d: int, n: int) -> tuple[float, float]:
 
 
 def sampled_pair_cost(d: int, n: int) -> tuple[float, float]:
-    """FLOPs and bytes per (user, candidate) of sampled evaluation: LRML.score on looked-up rows (the
-    forward above for one pair) and the candidate's row read from the item table."""
-    return 4 * d * n + 8 * d, d * FLOAT
+    """FLOPs and bytes per (user, candidate) of sampled evaluation: LRML.score on looked-up rows and
+    the candidate's row read from the item table."""
+    return forward_flops(d, n), d * FLOAT
 
 
 def row(name: str, pairs_per_second: float, cost: tuple[float, float], peak_flops: float, bandwidth: float) -> str:

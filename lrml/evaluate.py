@@ -32,11 +32,11 @@ class Evaluator:
         if dataset.shard is not None:
             raise ValueError(f"full ranking needs every user's training items; this dataset holds shard "
                              f"{dataset.shard} of them")
-        users = dataset.train_users
-        order = None if np.all(users[1:] >= users[:-1]) else np.argsort(users, kind="stable")  # prepared: sorted
-        items = dataset.train_items.astype(np.int64) if order is None else dataset.train_items[order].astype(np.int64)
+        users, items = dataset.train_users, dataset.train_items
+        if np.any(users[1:] < users[:-1]):  # a prepared dataset is already sorted by user
+            items = items[np.argsort(users, kind="stable")]
         starts = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=dataset.num_users))])
-        return starts, items
+        return starts, items.astype(np.int64)
 
     @cached_property
     def _valid_item_of(self) -> np.ndarray:

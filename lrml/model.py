@@ -185,9 +185,12 @@ class LRML(Recommender):
         """The score of a squared distance: ``-d^2``, or the authors' ``-sqrt(d^2 + 1e-3)``."""
         return -squared if self.config.distance == "squared" else -torch.sqrt(squared + 1e-3)
 
-    def _score_vectors(self, p: torch.Tensor, q: torch.Tensor, r: torch.Tensor | None) -> torch.Tensor:
-        translated = p if r is None else p + r
+    def _score_translated(self, translated: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """The score of item vectors ``q`` for users already moved by their relation, ``p + r``."""
         return self._distance_score((translated - q).pow(2).sum(dim=-1))
+
+    def _score_vectors(self, p: torch.Tensor, q: torch.Tensor, r: torch.Tensor | None) -> torch.Tensor:
+        return self._score_translated(p if r is None else p + r, q)
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
         user_rows, user_of, user_counts = lookup_distinct(self.user_embedding, users)
@@ -195,12 +198,12 @@ class LRML(Recommender):
         p = self._clip(user_rows).index_select(0, user_of)
         q, q_neg = self._clip(item_rows).index_select(0, item_of).chunk(2)
         r = self.relation(p, q)
-        translated = p if r is None else p + r
-        pos = self._distance_score((translated - q).pow(2).sum(-1))
+        translated = p if r is None else p + r  # shared by both pairs unless the negative has its own relation
+        pos = self._score_translated(translated, q)
         if self.config.negative_relation == "own":
-            r_neg = self.relation(p, q_neg)
-            translated = p if r_neg is None else p + r_neg
-        neg = self._distance_score((translated - q_neg).pow(2).sum(-1))
+            neg = self._score_vectors(p, q_neg, self.relation(p, q_neg))
+        else:
+            neg = self._score_translated(translated, q_neg)
         hinge = F.relu(self.config.margin - pos + neg).sum()
         return hinge + self._regularization((user_rows, user_counts), (item_rows, item_counts))
 

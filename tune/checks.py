@@ -33,9 +33,12 @@ def check_settings(settings: SearchSettings, resume: bool) -> None:
         raise UserError(f"--concurrency must be at least 1; got {settings.concurrency}")
     if settings.grace_period > settings.max_epochs:
         raise UserError(f"--grace-period {settings.grace_period} is longer than --max-epochs {settings.max_epochs}")
-    (synthetic_shape if is_synthetic(settings.dataset) else get_release)(settings.dataset)  # unknown: names the known
-    if settings.data_dir and is_synthetic(settings.dataset):
-        raise UserError(f"--data-dir {settings.data_dir}: {settings.dataset} is generated, not read from a folder")
+    if is_synthetic(settings.dataset):  # an unknown dataset names the known ones
+        synthetic_shape(settings.dataset)
+        if settings.data_dir:
+            raise UserError(f"--data-dir {settings.data_dir}: {settings.dataset} is generated, not read from a folder")
+    else:
+        get_release(settings.dataset)
     if settings.data_dir and not Path(settings.data_dir).exists():
         raise UserError(f"--data-dir {settings.data_dir}: no such file or folder")
     if settings.address is None:
