@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrml import fused
 from lrml.errors import UserError
 
 DISTANCES = ("l2", "squared")
@@ -193,6 +194,12 @@ class LRML(Recommender):
         return self._score_translated(p if r is None else p + r, q)
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
+        if fused.supports(self, users):
+            return fused.loss(self, users, pos_items, neg_items)
+        return self.autograd_loss(users, pos_items, neg_items)
+
+    def autograd_loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
+        """The loss as PyTorch operations: every device and variant, and the reference for ``lrml.fused``."""
         user_rows, user_of, user_counts = lookup_distinct(self.user_embedding, users)
         item_rows, item_of, item_counts = lookup_distinct(self.item_embedding, torch.cat([pos_items, neg_items]))
         p = self._clip(user_rows).index_select(0, user_of)

@@ -3,13 +3,16 @@
 ``RowWiseAdam`` is lazy Adam on the rows a batch touches, with ``torch.optim.SparseAdam``'s
 semantics exactly: one step counter per table, and a row's moments decay only on the steps that
 touch it. SparseAdam builds five sparse tensors and masks the dense state twice per step; here
-the step gathers the touched rows of the weights and both moments once, updates them in place
-and writes them back, as the fused row-wise optimizers of large-embedding libraries do.
+one pass over the touched rows reads each row's weights and both moments once and updates them
+in place (compiled with numba on a CPU, three indexed PyTorch operations elsewhere), as the fused
+row-wise optimizers of large-embedding libraries do.
 """
 from __future__ import annotations
 
 import math
 
+import numba
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,8 +56,8 @@ class RowWiseAdam(torch.optim.Optimizer):
 def _distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The row indices of a sparse gradient and their values, each row once (repeated rows summed).
 
-    Rows already strictly increasing (``lrml.model.lookup_distinct`` gives them so; autograd does not
-    keep the flag that says it) skip the sort that coalescing costs.
+    Rows already strictly increasing (``lrml.model.lookup_distinct`` and ``lrml.fused`` give them so;
+    autograd does not keep the flag that says it) skip the sort that coalescing costs.
     """
     rows = grad._indices()[0]
     if not (grad.is_coalesced() or bool((rows[1:] > rows[:-1]).all())):
@@ -65,12 +68,29 @@ def _distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _adam_rows(param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, rows: torch.Tensor,
                grad_rows: torch.Tensor, beta1: float, beta2: float, eps: float, step_size: float) -> None:
-    """The Adam update of ``rows`` (distinct) in place: one gather and one write-back per table."""
+    """The Adam update of ``rows`` (distinct) in place: one compiled pass over the rows on a CPU, else one
+    gather and one write-back per table."""
+    if param.device.type == "cpu" and param.dtype == torch.float32 and \
+            all(t.is_contiguous() for t in (param, exp_avg, exp_avg_sq)):
+        _adam_rows_compiled(param.detach().numpy(), exp_avg.numpy(), exp_avg_sq.numpy(), rows.numpy(),
+                            grad_rows.contiguous().numpy(), *np.float32([beta1, beta2, eps, step_size]))
+        return
     first = exp_avg.index_select(0, rows).lerp_(grad_rows, 1 - beta1)
     second = exp_avg_sq.index_select(0, rows).mul_(beta2).addcmul_(grad_rows, grad_rows, value=1 - beta2)
     exp_avg.index_copy_(0, rows, first)
     exp_avg_sq.index_copy_(0, rows, second)
     param.index_add_(0, rows, first.div_(second.sqrt_().add_(eps)), alpha=-step_size)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _adam_rows_compiled(param, exp_avg, exp_avg_sq, rows, grad_rows, beta1, beta2, eps, step_size):
+    """``_adam_rows`` for CPU arrays: each touched row's weights and moments read and written once."""
+    for k in numba.prange(len(rows)):
+        weight, first, second, grad = param[rows[k]], exp_avg[rows[k]], exp_avg_sq[rows[k]], grad_rows[k]
+        for d in range(len(weight)):
+            first[d] += (1 - beta1) * (grad[d] - first[d])
+            second[d] = beta2 * second[d] + (1 - beta2) * grad[d] * grad[d]
+            weight[d] -= step_size * first[d] / (np.sqrt(second[d]) + eps)
 
 
 class Optimizer:

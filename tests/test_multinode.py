@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import shutil
 import subprocess
 import sys
 import time
@@ -125,8 +126,11 @@ def trial_rows(experiment: Path) -> dict[str, list[dict]]:
 
 
 def test_trials_run_on_both_nodes_and_survive_losing_one(two_nodes, tmp_path):
-    refused = subprocess.run(search(two_nodes, tmp_path)[:-2] + ["--num-samples", "1"], env=ENV, capture_output=True,
-                             text=True, timeout=300, cwd=REPO)
+    # the default storage path, under a name no earlier search in this checkout used (its log removed after)
+    name = f"never-{tmp_path.name}"
+    refused = subprocess.run(search(two_nodes, tmp_path)[:-2] + ["--num-samples", "1", "--name", name],
+                             env=ENV, capture_output=True, text=True, timeout=300, cwd=REPO)
+    shutil.rmtree(REPO / "results" / "ray" / name, ignore_errors=True)
     assert refused.returncode != 0 and "pass --storage-path that every node can reach" in refused.stderr
 
     storage = tmp_path / "shared"

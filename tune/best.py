@@ -1,5 +1,6 @@
-"""Evaluate an LRML search's best checkpoint beside CML and BPR-MF searched on the same budget, and
-write the comparison under results/<experiment>/.
+"""Evaluate an LRML search's best checkpoint beside CML and BPR-MF searched on the same budget.
+
+The comparison is written under results/<experiment>/.
 
     python tune/best.py results/ray/ml-latest-small-lrml            # or an s3:// / gs:// URI, or just the name
     python tune/best.py ml-latest-small-lrml --tune-baselines       # search CML and BPR-MF first if not yet done

@@ -1,0 +1,138 @@
+"""The fused CPU loss (lrml.fused) against autograd on the same weights: loss, every gradient, and the edges."""
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lrml import fused
+from lrml.model import LRML, LRMLConfig
+from lrml.train import TrainConfig, build_model
+
+USERS, ITEMS, DIM, SLOTS = 12, 9, 6, 5
+
+
+def model_with(**options) -> LRML:
+    """A small model whose rows repeat within a batch and whose vectors reach past the clip radius."""
+    torch.manual_seed(0)
+    model = LRML(LRMLConfig(USERS, ITEMS, DIM, SLOTS, **{"margin": 0.5, "reg_weight": 0.1, **options}))
+    with torch.no_grad():
+        for table in (model.user_embedding.weight, model.item_embedding.weight):
+            table.normal_(0.0, 0.6)
+        if model.config.use_memory:
+            model.keys.normal_(0.0, 1.0)
+            model.memory.normal_(0.0, 0.5)
+    return model
+
+
+def batch(size=40, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, USERS, (size,), generator=g), torch.randint(0, ITEMS, (size,), generator=g),
+            torch.randint(0, ITEMS, (size,), generator=g))
+
+
+def loss_and_gradients(model, loss_fn, *triples):
+    for param in model.parameters():
+        param.grad = None
+    loss = loss_fn(*triples)
+    loss.backward()
+    return loss.detach(), {name: p.grad.to_dense() for name, p in model.named_parameters()}
+
+
+VARIANTS = [dict(use_memory=memory, distance=distance, clip_radius=radius, regularizer=regularizer)
+            for memory, distance, radius, regularizer in
+            itertools.product([True, False], ["l2", "squared"], [1.0, 0.3, None], ["batch", "none"])]
+
+
+@pytest.mark.parametrize("options", VARIANTS, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_loss_and_every_gradient_equal_autograd(options):
+    model = model_with(**options)
+    model.shared_term_weight = 0.5  # as a worker of two counts the keys' and memory's regulariser
+    triples = batch()
+    assert fused.supports(model, triples[0])
+    expected_loss, expected = loss_and_gradients(model, model.autograd_loss, *triples)
+    found_loss, found = loss_and_gradients(model, model.loss, *triples)
+    assert found_loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
+    for name, grad in expected.items():
+        assert torch.allclose(found[name], grad, atol=1e-5, rtol=1e-4), name
+    rows = model.item_embedding.weight.grad._indices()[0]
+    assert (rows[1:] > rows[:-1]).all()  # each row once, in order: the optimizer sorts nothing
+
+
+def test_clipping_matters_here():
+    """The variants above are only a test of the clip if some rows lie outside the ball."""
+    model = model_with()
+    assert (model.user_embedding.weight.norm(dim=1) > 1.0).any()
+    assert (model.item_embedding.weight.norm(dim=1) < 1.0).any()
+
+
+def test_pairs_past_the_margin_add_nothing():
+    model = model_with(margin=-100.0)  # every hinge is zero: only the regulariser is left
+    loss, grads = loss_and_gradients(model, model.loss, *batch())
+    reg_loss, reg_grads = loss_and_gradients(model, lambda *t: model._regularization(
+        (model.user_embedding.weight[t[0].unique()], t[0].unique(return_counts=True)[1]),
+        (model.item_embedding.weight[torch.cat(t[1:]).unique()], torch.cat(t[1:]).unique(return_counts=True)[1])),
+        *batch())
+    assert loss.item() == pytest.approx(reg_loss.item(), rel=1e-6)
+    for name, grad in reg_grads.items():
+        assert torch.allclose(grads[name], grad, atol=1e-6), name
+
+
+def test_a_diverged_model_has_a_nan_loss():
+    model = model_with()
+    with torch.no_grad():
+        model.item_embedding.weight[3] = float("nan")
+    users, pos, neg = batch()
+    pos[0] = 3
+    assert torch.isnan(model.loss(users, pos, neg))
+
+
+def test_gradients_accumulate_across_backward_calls():
+    """A gradient still held (no zero_grad between two backward calls) is never the buffer the next step writes."""
+    model = model_with()
+    first, second = batch(seed=1), batch(seed=2)
+    _, alone_first = loss_and_gradients(model, model.loss, *first)
+    _, alone_second = loss_and_gradients(model, model.loss, *second)
+    for param in model.parameters():
+        param.grad = None
+    model.loss(*first).backward()
+    model.loss(*second).backward()
+    for name, param in model.named_parameters():
+        assert torch.allclose(param.grad.to_dense(), alone_first[name] + alone_second[name], atol=1e-6), name
+
+
+def test_backward_scales_with_the_outer_gradient():
+    model = model_with()
+    _, once = loss_and_gradients(model, model.loss, *batch())
+    _, twice = loss_and_gradients(model, lambda *t: 2.0 * model.loss(*t), *batch())
+    for name, grad in once.items():
+        assert torch.allclose(twice[name], 2 * grad, atol=1e-6), name
+
+
+def test_out_of_range_ids_are_an_error_not_a_read_past_the_table():
+    model = model_with()
+    users, pos, neg = batch()
+    neg[5] = ITEMS
+    with pytest.raises(IndexError, match=f"item id {ITEMS} out of range: the table has {ITEMS} rows"):
+        model.loss(users, pos, neg)
+
+
+def test_the_trainer_default_takes_the_fused_path_and_variants_it_lacks_do_not():
+    users = batch()[0]
+    assert fused.supports(build_model(TrainConfig(), USERS, ITEMS), users)
+    assert fused.supports(build_model(TrainConfig(model="cml"), USERS, ITEMS), users)
+    assert not fused.supports(model_with(negative_relation="own"), users)
+    assert not fused.supports(model_with(regularizer="seed", sparse=False), users)
+    with torch.no_grad():
+        assert not fused.supports(model_with(), users)
+
+
+def test_numba_starts_no_more_threads_than_openmp_is_given():
+    """Ray gives each worker OMP_NUM_THREADS; a larger numba pool made two one-CPU trials on two cores 5x slower."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("NUMBA_NUM_THREADS", None)
+    found = subprocess.run([sys.executable, "-c", "import lrml.optim, numba; print(numba.config.NUMBA_NUM_THREADS)"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "1"
