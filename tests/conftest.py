@@ -1,6 +1,7 @@
 """Shared fixtures: the real MovieLens files in ../shared/data and an isolated data home per test session."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -23,6 +24,24 @@ def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (real MovieLens files are read from ../shared/data; set LRML_SHARED_DATA)")
     return path
+
+
+def terminated_trials(experiment: Path) -> dict[str, str]:
+    """Trial id -> result.json text of each trial that the search's saved state marks finished.
+
+    Tune writes a trial's last row (``"done": true``) before it has saved that epoch's checkpoint and
+    marked the trial TERMINATED; a search stopped in between runs that epoch again on resume. Only the
+    saved state says which trials a resume keeps as they are.
+    """
+    states = sorted(experiment.glob("experiment_state-*.json"))  # named by the time the search started
+    if not states:
+        return {}
+    try:
+        trials = [json.loads(trial) for trial, _ in json.loads(states[-1].read_text())["trial_data"]]
+    except json.JSONDecodeError:  # read while Tune was writing it
+        return {}
+    return {trial["trial_id"]: next(experiment.glob(f"run_trial_{trial['trial_id']}_*/result.json")).read_text()
+            for trial in trials if trial["status"] == "TERMINATED"}
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import REPO
+from conftest import REPO, terminated_trials
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -25,17 +25,6 @@ def start(storage: Path, name: str, *extra: str, log: Path) -> subprocess.Popen:
     """A search in the background, its output in ``log`` (a pipe would fill and stall it)."""
     return subprocess.Popen([*SEARCH, "--name", name, "--storage-path", str(storage), *extra], cwd=REPO,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)
-
-
-def finished_trials(experiment: Path) -> dict[str, str]:
-    """Trial id -> the result.json text of each trial whose last reported row says it is done."""
-    done = {}
-    for result in experiment.glob("run_trial_*/result.json"):
-        text = result.read_text()
-        lines = text.strip().splitlines()
-        if lines and json.loads(lines[-1]).get("done"):
-            done[result.parent.name.split("_")[2]] = text
-    return done
 
 
 def wait_for(condition, timeout: float = 300) -> None:
@@ -57,8 +46,8 @@ def test_ctrl_c_and_sigterm_stop_the_search_and_say_how_to_continue(tmp_path):
         log = tmp_path / f"{name}.log"
         process = start(storage, "stopped", "--num-samples", "6", "--max-epochs", "3",
                         *(["--resume"] if number == signal.SIGTERM else []), log=log)
-        before = len(finished_trials(experiment))
-        wait_for(lambda: len(finished_trials(experiment)) > before)
+        before = len(terminated_trials(experiment))
+        wait_for(lambda: len(terminated_trials(experiment)) > before)
         process.send_signal(number)
         assert process.wait(timeout=180) == 128 + number, log.read_text()[-3000:]
         output = log.read_text()
@@ -91,12 +80,11 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
     experiment = storage / "killed"
     process = start(storage, "killed", "--num-samples", "8", "--max-epochs", "4", "--grace-period", "2",
                     log=tmp_path / "killed.log")  # rungs at 2 and 4 epochs
-    wait_for(lambda: len(finished_trials(experiment)) >= 3)
-    time.sleep(3)  # Tune saves the experiment's state every couple of seconds (TUNE_GLOBAL_CHECKPOINT_S)
-    before = finished_trials(experiment)
+    wait_for(lambda: len(terminated_trials(experiment)) >= 3)  # in the state Tune saves every 2 s
     told_before = {t.number: (t.state, t.value) for t in study(experiment).trials if t.state.is_finished()}
     process.kill()  # SIGKILL: no chance to save anything
     process.wait(timeout=60)
+    before = terminated_trials(experiment)  # what the state saved last says: all a resume can know
     assert len(before) < 8, "the search finished before it could be killed"
     with open(experiment / "scheduler-state.pickle", "rb") as handle:
         rungs_before = {milestone: dict(recorded) for milestone, recorded in pickle.load(handle)[0][0]._rungs}
@@ -104,7 +92,7 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
     resumed = subprocess.run([*SEARCH, "--resume", "--name", "killed", "--storage-path", str(storage)], cwd=REPO,
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0 and "8 trials (0 failed)" in resumed.stdout, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    after = finished_trials(experiment)
+    after = terminated_trials(experiment)
     assert len(after) == 8
     for trial, text in before.items():  # finished trials were kept as they were, not run again
         assert after[trial] == text

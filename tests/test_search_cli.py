@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, terminated_trials
 from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -114,23 +114,22 @@ def test_resume_keeps_finished_trials(tmp_path):
                                start_new_session=True)
     experiment = storage / "resumable"
     deadline = time.time() + 300
-    while time.time() < deadline and not finished_trials(experiment):
+    while time.time() < deadline and not terminated_trials(experiment):
         time.sleep(0.5)
     process.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves its state and stops
     process.wait(timeout=180)
     log.seek(0)
-    before = finished_trials(experiment)
+    before = terminated_trials(experiment)
     assert before, log.read()[-3000:]
     assert len(before) < 4, "the search finished before it could be interrupted"
-    results_before = {trial: (experiment / folder / "result.json").read_text() for trial, folder in before.items()}
 
     resumed = subprocess.run([sys.executable, str(TUNE / "search.py"), "--name", "resumable", "--storage-path",
                               str(storage), "--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    after = finished_trials(experiment)
+    after = terminated_trials(experiment)
     assert len(after) == 4
-    for trial, text in results_before.items():  # finished trials were kept, not run again
-        assert (experiment / after[trial] / "result.json").read_text() == text
+    for trial, text in before.items():  # finished trials were kept, not run again
+        assert after[trial] == text
 
 
 def tensorboard_scalars(events: Path) -> dict[str, list[float]]:
@@ -143,13 +142,3 @@ def tensorboard_scalars(events: Path) -> dict[str, list[float]]:
         for value in event.summary.value:
             found.setdefault(value.tag, []).append(value.simple_value)
     return found
-
-
-def finished_trials(experiment: Path) -> dict[str, str]:
-    """Trial id -> folder of each trial whose last reported row says it is done."""
-    done = {}
-    for result in experiment.glob("run_trial_*/result.json"):
-        lines = result.read_text().strip().splitlines()
-        if lines and json.loads(lines[-1]).get("done"):
-            done[result.parent.name.split("_")[2]] = result.parent.name
-    return done
