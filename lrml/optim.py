@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lrml.model import split_parameters
+from lrml.prefetch import AHEAD, prefetch_row
 
 
 class RowWiseAdam(torch.optim.Optimizer):
@@ -86,6 +87,9 @@ def _adam_rows(param: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Ten
 def _adam_rows_compiled(param, exp_avg, exp_avg_sq, rows, grad_rows, beta1, beta2, eps, step_size):
     """``_adam_rows`` for CPU arrays: each touched row's weights and moments read and written once."""
     for k in numba.prange(len(rows)):
+        if k + AHEAD < len(rows):
+            for table in (param, exp_avg, exp_avg_sq):
+                prefetch_row(table, rows[k + AHEAD])
         weight, first, second, grad = param[rows[k]], exp_avg[rows[k]], exp_avg_sq[rows[k]], grad_rows[k]
         for d in range(len(weight)):
             first[d] += (1 - beta1) * (grad[d] - first[d])

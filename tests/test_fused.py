@@ -61,6 +61,22 @@ def test_loss_and_every_gradient_equal_autograd(options):
     assert (rows[1:] > rows[:-1]).all()  # each row once, in order: the optimizer sorts nothing
 
 
+@pytest.mark.parametrize("shape", ["one user", "one pair"])
+def test_fewer_users_than_threads_equal_autograd(shape):
+    """The pair pass splits the batch's distinct users between threads: a thread may get none."""
+    model = model_with()
+    users, pos, neg = batch()
+    if shape == "one user":
+        users = torch.full_like(users, 7)
+    else:
+        users, pos, neg = users[:1], pos[:1], neg[:1]
+    expected_loss, expected = loss_and_gradients(model, model.autograd_loss, users, pos, neg)
+    found_loss, found = loss_and_gradients(model, model.loss, users, pos, neg)
+    assert found_loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
+    for name, grad in expected.items():
+        assert torch.allclose(found[name], grad, atol=1e-5, rtol=1e-4), name
+
+
 def test_clipping_matters_here():
     """The variants above are only a test of the clip if some rows lie outside the ball."""
     model = model_with()
