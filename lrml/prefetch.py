@@ -18,6 +18,10 @@ AHEAD = 4  # iterations ahead: of 1, 2, 4 and 8 tried (ml-20m step, batch 8,192)
 @intrinsic
 def prefetch_row(typingctx, table, row):
     """Start loading ``table[row]`` (a C-ordered 2-D array) into cache; no effect on results."""
+    if not (isinstance(table, types.Array) and table.ndim == 2 and table.layout == "C"
+            and isinstance(row, types.Integer)):
+        return None  # numba then reports a typing error naming these argument types
+
     def codegen(context, builder, signature, args):
         table_type = signature.args[0]
         array = context.make_array(table_type)(context, builder, args[0])
