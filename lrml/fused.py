@@ -279,8 +279,7 @@ class _FusedLoss(torch.autograd.Function):
         attentions, logit_grads = _buffer("attentions", batch, slots), _buffer("logit_grads", batch, slots)
         sums = np.zeros((chunks, 2))
         _pair_gradients(*tables, keys_t, memory_np, user_rows, user_starts, user_counts, pos_items, neg_items,
-                        radius, reg_weight,
-                        float(config.margin), config.distance == "squared", config.use_memory,
+                        radius, reg_weight, float(config.margin), config.distance == "squared", config.use_memory,
                         user_grads, grad_items, products, attentions, towards, logit_grads, sums)
         loss, user_norms = sums.sum(axis=0)
         row_norms = user_norms + _row_gradients(tables[1], item_rows, *item_csr, grad_items, radius, reg_weight,

@@ -41,6 +41,15 @@ def loss_and_gradients(model, loss_fn, *triples):
     return loss.detach(), {name: p.grad.to_dense() for name, p in model.named_parameters()}
 
 
+def assert_fused_equals_autograd(model, *triples):
+    """The fused loss and every gradient equal autograd's on the same weights, to float rounding."""
+    expected_loss, expected = loss_and_gradients(model, model.autograd_loss, *triples)
+    found_loss, found = loss_and_gradients(model, model.loss, *triples)
+    assert found_loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
+    for name, grad in expected.items():
+        assert torch.allclose(found[name], grad, atol=1e-5, rtol=1e-4), name
+
+
 VARIANTS = [dict(use_memory=memory, distance=distance, clip_radius=radius, regularizer=regularizer)
             for memory, distance, radius, regularizer in
             itertools.product([True, False], ["l2", "squared"], [1.0, 0.3, None], ["batch", "none"])]
@@ -52,11 +61,7 @@ def test_loss_and_every_gradient_equal_autograd(options):
     model.shared_term_weight = 0.5  # as a worker of two counts the keys' and memory's regulariser
     triples = batch()
     assert fused.supports(model, triples[0])
-    expected_loss, expected = loss_and_gradients(model, model.autograd_loss, *triples)
-    found_loss, found = loss_and_gradients(model, model.loss, *triples)
-    assert found_loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
-    for name, grad in expected.items():
-        assert torch.allclose(found[name], grad, atol=1e-5, rtol=1e-4), name
+    assert_fused_equals_autograd(model, *triples)
     rows = model.item_embedding.weight.grad._indices()[0]
     assert (rows[1:] > rows[:-1]).all()  # each row once, in order: the optimizer sorts nothing
 
@@ -70,11 +75,7 @@ def test_fewer_users_than_threads_equal_autograd(shape):
         users = torch.full_like(users, 7)
     else:
         users, pos, neg = users[:1], pos[:1], neg[:1]
-    expected_loss, expected = loss_and_gradients(model, model.autograd_loss, users, pos, neg)
-    found_loss, found = loss_and_gradients(model, model.loss, users, pos, neg)
-    assert found_loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
-    for name, grad in expected.items():
-        assert torch.allclose(found[name], grad, atol=1e-5, rtol=1e-4), name
+    assert_fused_equals_autograd(model, users, pos, neg)
 
 
 def test_clipping_matters_here():
