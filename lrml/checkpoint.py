@@ -11,14 +11,14 @@ from pathlib import Path
 
 import torch
 
-from lrml.baselines import BPRMF, BPRConfig, Popularity, PopularityConfig
+from lrml.baselines import BPRMF, EASE, BPRConfig, EASEConfig, Popularity, PopularityConfig
 from lrml.errors import CheckpointMismatch
 from lrml.model import LRML, LRMLConfig, Recommender
 
 FORMAT = "lrml-checkpoint"
 VERSION = 2  # 2: training_state (optimizer and random states) for an exact resume
 MODEL_CLASSES = {cls.__name__: (cls, config) for cls, config in
-                 ((LRML, LRMLConfig), (BPRMF, BPRConfig), (Popularity, PopularityConfig))}
+                 ((LRML, LRMLConfig), (BPRMF, BPRConfig), (EASE, EASEConfig), (Popularity, PopularityConfig))}
 
 
 def checkpoint_dict(model: Recommender, epoch: int, metrics: dict, dataset_fingerprint: str,

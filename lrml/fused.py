@@ -1,18 +1,19 @@
 """LRML's training loss and all its gradients, compiled for CPU tensors: one pass over the pairs, one over the items.
 
 Autograd spends an LRML step on some 40 elementwise passes over (batch, d) tensors, each a
-round trip through memory (``bench/floor.py``). Here numba computes each pair's forward and
-backward while its three rows are in cache. The pairs are visited user by user, so each user's
-gradient is summed and finished in place; the items' per-pair gradients are summed onto the
-batch's distinct items in a second pass. Rows are prefetched a few pairs ahead (``lrml.prefetch``).
-The loss and gradients equal autograd's to float rounding (``tests/test_fused.py``);
+round trip through memory (``bench/floor.py``). Here numba computes each positive pair's forward
+and backward, with its k negatives, while their rows are in cache. The pairs are visited user by
+user, so each user's gradient is summed and finished in place; the items' per-pair gradients are
+summed onto the batch's distinct items in a second pass. Rows are prefetched a few pairs ahead
+(``lrml.prefetch``). Every loss of ``lrml.losses`` that LRML offers, and the item bias, are here;
+the loss and gradients equal autograd's to float rounding (``tests/test_fused.py``), and
 ``LRML.loss`` takes this path when ``supports`` holds.
 """
 from __future__ import annotations
 
 import math
-import sys
 import threading
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -26,6 +27,8 @@ from lrml.prefetch import AHEAD, prefetch_row
 FAST = {"reassoc", "contract"}
 EPS = 1e-3  # the authors' l2 score: -sqrt(d^2 + 1e-3)
 KERNEL = {"cache": True, "fastmath": FAST, "nogil": True}
+LOSS_CODES = {"hinge": 0, "warp": 1, "softmax": 2}
+HINGE, WARP, SOFTMAX = LOSS_CODES.values()
 
 
 @numba.njit(**KERNEL)
@@ -40,7 +43,7 @@ def _squared_norm(x):
 @numba.njit(**KERNEL)
 def _project(x, rows, out):
     """``out[n] = rows[n] . x`` for every row, four rows a pass over ``x``: four independent sums keep
-    the vector units busy where one sum waits on its own additions (1.45x on its own here)."""
+    the vector units busy where one sum waits on its own additions."""
     n = 0
     while n + 4 <= len(rows):
         r0, r1, r2, r3 = rows[n], rows[n + 1], rows[n + 2], rows[n + 3]
@@ -99,43 +102,127 @@ def _finish_row(x, g, radius, regularizer):
     return squared_norm
 
 
+@numba.njit(**KERNEL)
+def _distance_score(t, row, scale, squared):
+    """The score of the clipped item ``row * scale`` for the translated user ``t``, and the factor ``g`` with
+    d score / d t = -g (t - q): ``-||t - q||^2`` (g = 2), or the authors' ``-sqrt(||t - q||^2 + 1e-3)``."""
+    apart = np.float32(0.0)
+    for d in range(len(t)):
+        gap = t[d] - row[d] * scale
+        apart += gap * gap
+    if squared:
+        return -apart, np.float32(2.0)
+    root = np.sqrt(apart + np.float32(EPS))
+    return -root, np.float32(1.0) / root
+
+
+@numba.njit(**KERNEL)
+def _score_gradients(pos, neg, kind, margin, temperature, num_items, grads):
+    """One positive pair's loss (``lrml.losses``) from its scores, and its gradient with respect to each score
+    in ``grads``: the positive's first, then each negative's. A score that is not a number gives a NaN loss."""
+    k = len(neg)
+    for n in range(k + 1):
+        grads[n] = 0.0
+    if not math.isfinite(pos + neg.sum()):
+        return math.nan
+    if kind == SOFTMAX:
+        top = pos / temperature
+        for n in range(k):
+            top = max(top, neg[n] / temperature)
+        total = math.exp(pos / temperature - top)
+        for n in range(k):
+            total += math.exp(neg[n] / temperature - top)
+        grads[0] = (math.exp(pos / temperature - top) / total - 1.0) / temperature
+        for n in range(k):
+            grads[1 + n] = math.exp(neg[n] / temperature - top) / total / temperature
+        return top + math.log(total) - pos / temperature
+    if kind == WARP:
+        closest, violators = 0, 0
+        for n in range(k):
+            if neg[n] > neg[closest]:
+                closest = n
+            if margin - pos + neg[n] > 0:
+                violators += 1
+        hinge = margin - pos + neg[closest]
+        if hinge <= 0:
+            return 0.0
+        weight = math.log1p(num_items * violators / k)
+        grads[0], grads[1 + closest] = -weight, weight
+        return weight * hinge
+    loss = 0.0
+    for n in range(k):
+        hinge = margin - pos + neg[n]
+        if hinge > 0:
+            loss += hinge
+            grads[1 + n] = 1.0
+            grads[0] -= 1.0
+    return loss
+
+
+@dataclass(frozen=True)
+class _Options:
+    """What the pair pass needs of the model's config, as plain numbers."""
+
+    radius: float
+    reg_weight: float
+    margin: float
+    temperature: float
+    loss: int  # LOSS_CODES
+    squared: bool
+    use_memory: bool
+    use_bias: bool
+    num_items: int
+
+    def as_tuple(self) -> tuple:
+        return (self.radius, self.reg_weight, self.margin, self.temperature, self.loss, self.squared,
+                self.use_memory, self.use_bias, self.num_items)
+
+
 @numba.njit(parallel=True, **KERNEL)
-def _pair_gradients(users_w, items_w, keys_t, memory, user_rows, user_starts, user_counts, pos, neg,
-                    radius, reg_weight, margin, squared, use_memory,
-                    user_grads, grad_items, products, attentions, towards, logit_grads, sums):
-    """Each pair's hinge and gradients, visited user by user (``_distinct``'s runs): each distinct user's
-    full gradient (``user_grads[k]``, through the clip, with the regulariser), each pair's gradients
-    with respect to the clipped q and q_neg (``grad_items`` holds the positives' then the negatives'),
-    and what the keys' and memory's gradients are summed from: per pair ``p * q``, the attention, the
-    loss's gradient at ``p + r`` and at the attention logits (zero for pairs past the margin). Per
-    chunk of users, one chunk per thread, ``sums`` holds the hinge and the users' ``count ||x||^2``.
+def _pair_pass(tables, pairs, options, out):
+    """Each positive pair's loss and gradients, visited user by user (``_distinct``'s runs).
+
+    ``tables``: users, items, keys (transposed), memory, item bias. ``pairs``: the distinct users, where
+    each one's pairs start and how many, then the positive items and the (pairs, k) negatives in that
+    order. ``out``: each distinct user's full gradient (through the clip, with the regulariser); each
+    pair's gradients at the clipped items, positives first, then the negatives row by row; each score's
+    gradient (for the item bias); and what the keys' and memory's gradients are summed from: per pair
+    ``p * q``, the attention, the loss's gradient at ``p + r`` and at the attention logits (zero for a pair
+    that adds no loss). Per chunk of users, one chunk per thread, ``sums`` holds the loss and the users'
+    ``count ||x||^2``.
 
     Plain loops over the d dimensions with scratch rows allocated once per chunk: numba vectorises
-    them, where array expressions would allocate a temporary per pair."""
-    chunks, batch, n_users = len(sums), len(pos), len(user_rows)
-    n_slots, dim = memory.shape[0], users_w.shape[1]
-    zero, margin, eps = np.float32(0.0), np.float32(margin), np.float32(EPS)
+    them, where array expressions would allocate a temporary per pair.
+    """
+    users_w, items_w, keys_t, memory, bias = tables
+    user_rows, user_starts, user_counts, pos, neg = pairs
+    radius, reg_weight, margin, temperature, kind, squared, use_memory, use_bias, num_items = options
+    user_grads, item_grads, score_grads, products, attentions, towards, logit_grads, sums = out
+    chunks, batch, k, n_users = len(sums), len(pos), neg.shape[1], len(user_rows)
+    n_slots, dim, zero = memory.shape[0], users_w.shape[1], np.float32(0.0)
     for c in prange(chunks):
-        p, q, qn = np.empty(dim, np.float32), np.empty(dim, np.float32), np.empty(dim, np.float32)
-        t, tn, d_pq = np.empty(dim, np.float32), np.empty(dim, np.float32), np.empty(dim, np.float32)
-        for k in range(c * n_users // chunks, (c + 1) * n_users // chunks):
-            if k + AHEAD < n_users:
-                prefetch_row(users_w, user_rows[k + AHEAD])
-            row_u, g_user = users_w[user_rows[k]], user_grads[k]
+        p, q, t, d_pq = np.empty(dim, np.float32), np.empty(dim, np.float32), np.empty(dim, np.float32), \
+            np.empty(dim, np.float32)
+        neg_scores, neg_factors, neg_scales = np.empty(k, np.float32), np.empty(k, np.float32), np.empty(k, np.float32)
+        grads = np.empty(k + 1, np.float32)
+        for u in range(c * n_users // chunks, (c + 1) * n_users // chunks):
+            if u + AHEAD < n_users:
+                prefetch_row(users_w, user_rows[u + AHEAD])
+            row_u, g_user = users_w[user_rows[u]], user_grads[u]
             su = _clip_scale(row_u, radius)
             for d in range(dim):
                 p[d] = row_u[d] * su
                 g_user[d] = zero
-            for j in range(user_starts[k], user_starts[k] + user_counts[k]):
+            for j in range(user_starts[u], user_starts[u] + user_counts[u]):
                 if j + AHEAD < batch:
                     prefetch_row(items_w, pos[j + AHEAD])
-                    prefetch_row(items_w, neg[j + AHEAD])
+                    for n in range(k):
+                        prefetch_row(items_w, neg[j + AHEAD, n])
                 pq, attention, toward, d_logits = products[j], attentions[j], towards[j], logit_grads[j]
-                row_q, row_n = items_w[pos[j]], items_w[neg[j]]
-                sq, sn = _clip_scale(row_q, radius), _clip_scale(row_n, radius)
+                row_q = items_w[pos[j]]
+                sq = _clip_scale(row_q, radius)
                 for d in range(dim):
                     q[d] = row_q[d] * sq
-                    qn[d] = row_n[d] * sn
                     pq[d] = p[d] * q[d]
                     t[d] = p[d]
                 if use_memory:  # attention = softmax(pq K), t = p + attention M
@@ -148,32 +235,32 @@ def _pair_gradients(users_w, items_w, keys_t, memory, user_rows, user_starts, us
                     for n in range(n_slots):
                         attention[n] /= total
                     _combine(attention, memory, t)
-                d_pos = d_neg = zero
+                pos_score, pos_factor = _distance_score(t, row_q, sq, squared)
+                if use_bias:
+                    pos_score += bias[pos[j], 0]
+                for n in range(k):
+                    neg_scales[n] = _clip_scale(items_w[neg[j, n]], radius)
+                    neg_scores[n], neg_factors[n] = _distance_score(t, items_w[neg[j, n]], neg_scales[n], squared)
+                    if use_bias:
+                        neg_scores[n] += bias[neg[j, n], 0]
+                sums[c, 0] += _score_gradients(pos_score, neg_scores, kind, margin, temperature, num_items, grads)
+                score_grads[j] = grads[0]
+                for n in range(k):  # explicit loops: numba's parfor pass dropped slice assignments in this body
+                    score_grads[batch + j * k + n] = grads[1 + n]
+                # d loss / d t = -sum_x grads[x] g_x (t - q_x); d loss / d q_x = grads[x] g_x (t - q_x)
+                weight, out_q = grads[0] * pos_factor, item_grads[j]
                 for d in range(dim):
-                    tn[d] = t[d] - qn[d]
-                    t[d] -= q[d]
-                    d_pos += t[d] * t[d]
-                    d_neg += tn[d] * tn[d]
-                if squared:
-                    h = margin + d_pos - d_neg
-                    g_pos, g_neg = np.float32(2.0), np.float32(-2.0)
-                else:
-                    root_pos, root_neg = np.sqrt(d_pos + eps), np.sqrt(d_neg + eps)
-                    h = margin + root_pos - root_neg
-                    g_pos, g_neg = np.float32(1.0) / root_pos, np.float32(-1.0) / root_neg
-                if not h <= zero:  # a NaN hinge is summed, so divergence shows in the loss
-                    sums[c, 0] += h
-                out_q, out_qn = grad_items[j], grad_items[batch + j]
-                if not h > zero:  # explicit loops: numba's parfor pass dropped slice assignments to these row views
-                    for d in range(dim):
-                        out_q[d] = out_qn[d] = toward[d] = zero
-                    for n in range(n_slots):
-                        d_logits[n] = zero
-                    continue
-                for d in range(dim):
-                    toward[d] = g_pos * t[d] + g_neg * tn[d]  # d loss / d (p + r)
-                    out_qn[d] = -g_neg * tn[d]
+                    gap = t[d] - q[d]
+                    out_q[d] = weight * gap
+                    toward[d] = -weight * gap
                     d_pq[d] = zero
+                for n in range(k):
+                    row_n, out_n = items_w[neg[j, n]], item_grads[batch + j * k + n]
+                    weight = grads[1 + n] * neg_factors[n]
+                    for d in range(dim):
+                        gap = t[d] - row_n[d] * neg_scales[n]
+                        out_n[d] = weight * gap
+                        toward[d] -= weight * gap
                 if use_memory:  # back through the attention: d_logits = attention * (M toward - mean), d_pq = K d_logits
                     _project(toward, memory, d_logits)
                     weighted = zero
@@ -184,9 +271,9 @@ def _pair_gradients(users_w, items_w, keys_t, memory, user_rows, user_starts, us
                     _combine(d_logits, keys_t, d_pq)
                 for d in range(dim):
                     g_user[d] += toward[d] + d_pq[d] * q[d]
-                    out_q[d] = d_pq[d] * p[d] - g_pos * t[d]
-            squared_norm = _finish_row(row_u, g_user, radius, reg_weight * user_counts[k])
-            sums[c, 1] += user_counts[k] * squared_norm
+                    out_q[d] += d_pq[d] * p[d]
+            squared_norm = _finish_row(row_u, g_user, radius, reg_weight * user_counts[u])
+            sums[c, 1] += user_counts[u] * squared_norm
 
 
 @numba.njit(parallel=True, **KERNEL)
@@ -207,6 +294,21 @@ def _row_gradients(table, rows, starts, counts, order, pair_grads, radius, reg_w
             for d in range(len(g)):
                 g[d] += pair[d]
         total += counts[k] * _finish_row(table[rows[k]], g, radius, reg_weight * counts[k])
+    return total
+
+
+@numba.njit(parallel=True, **KERNEL)
+def _bias_gradients(bias, rows, starts, counts, order, score_grads, reg_weight, bias_grads):
+    """Each distinct item's bias gradient: the sum of its scores' gradients plus ``reg count b``. Returns the
+    regulariser's sum of ``count b^2``."""
+    total = 0.0
+    for k in prange(len(rows)):
+        b = bias[rows[k], 0]
+        g = reg_weight * counts[k] * b
+        for j in range(starts[k], starts[k] + counts[k]):
+            g += score_grads[order[j]]
+        bias_grads[k, 0] = g
+        total += counts[k] * b * b
     return total
 
 
@@ -233,19 +335,22 @@ def _runs(keys):
     return rows[:distinct], starts[:distinct], counts, order
 
 
-_buffers = threading.local()
+class _Scratch(threading.local):
+    """Float32 arrays the pair pass writes and the same step reads back, kept from one step to the next (per
+    thread): fresh pages for the some 20 MB a step writes cost milliseconds of page faults. Nothing made
+    from them outlives the step; the gradients handed to autograd are new arrays each step."""
+
+    def __init__(self):
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def take(self, name: str, *shape: int) -> np.ndarray:
+        size, kept = math.prod(shape), self.arrays.get(name)
+        if kept is None or kept.size < size:
+            kept = self.arrays[name] = np.empty(size, dtype=np.float32)
+        return kept[:size].reshape(shape)
 
 
-def _buffer(name: str, *shape: int) -> np.ndarray:
-    """A float32 array of ``shape``, reusing last step's when nothing outside this cache still holds it (a
-    gradient lives on until the optimizer lets go of it): fresh pages for the some 30 MB a step writes
-    cost milliseconds of page faults here."""
-    buffers = _buffers.__dict__.setdefault("arrays", {})
-    size, kept = math.prod(shape), buffers.get(name)
-    # three references: the dict's, ``kept`` and getrefcount's argument; a live view or tensor adds one
-    if kept is None or kept.size < size or sys.getrefcount(kept) > 3:
-        kept = buffers[name] = np.empty(size, dtype=np.float32)
-    return kept[:size].reshape(shape)
+_scratch = _Scratch()
 
 
 class _FusedLoss(torch.autograd.Function):
@@ -253,39 +358,46 @@ class _FusedLoss(torch.autograd.Function):
     the backward only scales them): sparse, coalesced rows for the tables, dense for keys and memory."""
 
     @staticmethod
-    def forward(ctx, user_weight, item_weight, keys, memory, users, pos_items, neg_items, model):
+    def forward(ctx, user_weight, item_weight, keys, memory, bias, users, pos_items, neg_items, model):
         config = model.config
-        radius = math.inf if config.clip_radius is None else float(config.clip_radius)
         reg_weight = config.reg_weight if config.regularizer == "batch" else 0.0
+        options = _Options(math.inf if config.clip_radius is None else float(config.clip_radius), reg_weight,
+                           float(config.margin), float(config.temperature), LOSS_CODES[config.loss],
+                           config.distance == "squared", config.use_memory, config.item_bias, config.num_items)
         tables = user_weight.detach().numpy(), item_weight.detach().numpy()
         dim = tables[0].shape[1]
         if config.use_memory:
             keys_t, memory_np = keys.detach().T.contiguous().numpy(), memory.detach().numpy()
         else:
             keys_t = memory_np = np.zeros((0, dim), dtype=np.float32)
+        bias_np = bias.detach().numpy() if config.item_bias else np.zeros((1, 1), dtype=np.float32)
         users, pos_items, neg_items = (_ids(ids, len(table), name) for ids, table, name in
                                        ((users, tables[0], "user"), (pos_items, tables[1], "item"),
                                         (neg_items, tables[1], "item")))
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        chunks, batch, slots = numba.get_num_threads(), len(users), len(memory_np)
+        chunks, batch, k, slots = numba.get_num_threads(), len(users), neg_items.shape[1], len(memory_np)
         user_rows, user_starts, user_counts, user_order = _distinct(users)
         pos_items, neg_items = pos_items[user_order], neg_items[user_order]  # the pairs user by user
-        item_rows, *item_csr = _distinct(np.concatenate([pos_items, neg_items]))
-        # sized for the most distinct rows a batch can have, so a reused buffer always fits
-        user_grads = _buffer("user_grads", batch, dim)[:len(user_rows)]
-        item_grads = _buffer("item_grads", 2 * batch, dim)[:len(item_rows)]
-        grad_items = _buffer("grad_items", 2 * batch, dim)
-        products, towards = _buffer("products", batch, dim), _buffer("towards", batch, dim)
-        attentions, logit_grads = _buffer("attentions", batch, slots), _buffer("logit_grads", batch, slots)
-        sums = np.zeros((chunks, 2))
-        _pair_gradients(*tables, keys_t, memory_np, user_rows, user_starts, user_counts, pos_items, neg_items,
-                        radius, reg_weight, float(config.margin), config.distance == "squared", config.use_memory,
-                        user_grads, grad_items, products, attentions, towards, logit_grads, sums)
+        item_rows, *item_csr = _distinct(np.concatenate([pos_items, neg_items.reshape(-1)]))
+        slots_per_batch = (1 + k) * batch
+        user_grads = np.empty((len(user_rows), dim), dtype=np.float32)
+        item_grads = np.empty((len(item_rows), dim), dtype=np.float32)
+        out = (user_grads, _scratch.take("pair_item_grads", slots_per_batch, dim),
+               _scratch.take("score_grads", slots_per_batch), _scratch.take("products", batch, dim),
+               _scratch.take("attentions", batch, slots), _scratch.take("towards", batch, dim),
+               _scratch.take("logit_grads", batch, slots), np.zeros((chunks, 2)))
+        _pair_pass((*tables, keys_t, memory_np, bias_np), (user_rows, user_starts, user_counts, pos_items, neg_items),
+                   options.as_tuple(), out)
+        _, pair_item_grads, score_grads, products, attentions, towards, logit_grads, sums = out
         loss, user_norms = sums.sum(axis=0)
-        row_norms = user_norms + _row_gradients(tables[1], item_rows, *item_csr, grad_items, radius, reg_weight,
-                                                item_grads)
+        row_norms = user_norms + _row_gradients(tables[1], item_rows, *item_csr, pair_item_grads, options.radius,
+                                                reg_weight, item_grads)
         grads = [_sparse_rows(user_rows, user_grads, user_weight.shape),
-                 _sparse_rows(item_rows, item_grads, item_weight.shape), None, None]
+                 _sparse_rows(item_rows, item_grads, item_weight.shape), None, None, None]
+        if config.item_bias:
+            bias_grads = np.empty((len(item_rows), 1), dtype=np.float32)
+            row_norms += _bias_gradients(bias_np, item_rows, *item_csr, score_grads, reg_weight, bias_grads)
+            grads[4] = _sparse_rows(item_rows, bias_grads, bias.shape)
         if config.use_memory:
             grads[2] = torch.from_numpy(products).T @ torch.from_numpy(logit_grads)
             grads[3] = torch.from_numpy(attentions).T @ torch.from_numpy(towards)
@@ -323,8 +435,11 @@ def _sparse_rows(rows: np.ndarray, values: np.ndarray, shape: torch.Size) -> tor
 
 def supports(model, users: torch.Tensor) -> bool:
     """Whether this fused pass computes ``model.loss`` here: CPU float32 sparse tables, gradients on, and a
-    variant it implements (the negative scored with the positive pair's relation, no dense regulariser)."""
-    config, tables = model.config, (model.user_embedding.weight, model.item_embedding.weight)
+    variant it implements (the negatives scored with the positive pair's relation, no dense regulariser)."""
+    config = model.config
+    tables = [model.user_embedding.weight, model.item_embedding.weight]
+    if config.item_bias:
+        tables.append(model.item_bias.weight)
     return (torch.is_grad_enabled() and len(users) > 0 and users.device.type == "cpu" and config.sparse
             and all(t.requires_grad and t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
                     for t in tables)
@@ -332,8 +447,10 @@ def supports(model, users: torch.Tensor) -> bool:
 
 
 def loss(model, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
-    """``model.loss`` of the batch through the fused pass; call only where ``supports`` holds."""
+    """``model.loss`` of the batch through the fused pass, ``neg_items`` of shape (batch, k); call only where
+    ``supports`` holds."""
     keys = model.keys if model.config.use_memory else None
     memory = model.memory if model.config.use_memory else None
-    return _FusedLoss.apply(model.user_embedding.weight, model.item_embedding.weight, keys, memory,
+    bias = model.item_bias.weight if model.config.item_bias else None
+    return _FusedLoss.apply(model.user_embedding.weight, model.item_embedding.weight, keys, memory, bias,
                             users, pos_items, neg_items, model)

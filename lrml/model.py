@@ -3,8 +3,9 @@ vector read from a memory by attention, and a user likes items close to ``user +
 
 Defaults follow the authors' released TensorFlow code: looked-up vectors clipped to norm 1,
 score ``-sqrt(||p + r - q||^2 + 1e-3)``, pairwise hinge loss summed over the batch, and the
-negative pair scored with the positive pair's relation. Options cover the published variants
-and ``LRMLConfig.seed_sketch`` reproduces the seed blog's sketch exactly, for comparison.
+negative pair scored with the positive pair's relation. Options cover the published variants,
+k negatives per positive with the losses of ``lrml.losses``, and an item bias;
+``LRMLConfig.seed_sketch`` reproduces the seed blog's sketch exactly, for comparison.
 CML (Hsieh et al., WWW 2017) is the same model with the relation fixed to zero.
 """
 from __future__ import annotations
@@ -12,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lrml import fused
+from lrml import fused, losses
 from lrml.errors import UserError
 
 DISTANCES = ("l2", "squared")
@@ -40,7 +40,8 @@ class Recommender(nn.Module):
         return self.loss(users, pos_items, neg_items)
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
-        """Training loss of a batch of (user, positive item, negative item) triples."""
+        """Training loss of a batch of users (batch,), their positive items (batch,) and negative items:
+        (batch,) for one per positive, or (batch, k)."""
         raise NotImplementedError
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -72,6 +73,9 @@ class LRMLConfig:
     memory_size: int = 20
     margin: float = 0.5
     reg_weight: float = 0.0
+    loss: str = "hinge"  # lrml.losses.DISTANCE_LOSSES: "hinge" (the authors'), "warp" or "softmax"
+    temperature: float = 0.1  # the softmax loss's logits are scores / temperature
+    item_bias: bool = False  # add a learned bias per item to the score, as BPR-MF has
     use_memory: bool = True  # False gives CML: the relation is fixed to zero
     clip_radius: float | None = 1.0  # max norm of looked-up vectors; None disables clipping
     distance: str = "l2"  # "l2": -sqrt(d^2 + 1e-3) as the authors; "squared": -d^2 as the paper's formula
@@ -87,6 +91,7 @@ class LRMLConfig:
                                      ("regularizer", self.regularizer, REGULARIZERS), ("init", self.init, INITS)):
             if value not in allowed:
                 raise UserError(f"{name}={value!r}; expected one of {allowed}")
+        losses.check(self.loss, losses.DISTANCE_LOSSES, self.temperature, "LRML" if self.use_memory else "CML")
         if self.regularizer == "seed" and self.sparse:
             raise UserError("regularizer='seed' touches every embedding row each step; it needs sparse=False")
         if min(self.num_users, self.num_items, self.embedding_dim) < 1 or (self.use_memory and self.memory_size < 1):
@@ -124,14 +129,15 @@ class DistinctRows(torch.autograd.Function):
                                        check_invariants=False), None
 
 
-def lookup_distinct(table: nn.Embedding, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each distinct id's row, looked up once; the position of each id's row; how often each row occurs.
+def lookup_distinct(ids: torch.Tensor, *tables: nn.Embedding) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Each table's row of each distinct id, looked up once; the position of each id's row; how often each
+    row occurs.
 
     Per-row work (clipping, the regulariser) then costs O(distinct ids), and a sparse table's
     gradient holds each row once, so the optimizer has no duplicates to sum.
     """
     distinct, position, counts = torch.unique(ids, return_inverse=True, return_counts=True)
-    rows = DistinctRows.apply(table.weight, distinct) if table.sparse else table(distinct)
+    rows = [DistinctRows.apply(table.weight, distinct) if table.sparse else table(distinct) for table in tables]
     return rows, position, counts
 
 
@@ -153,6 +159,8 @@ class LRML(Recommender):
         if config.use_memory:
             self.keys = nn.Parameter(torch.empty(d, n))  # K: d x N, addresses the memory
             self.memory = nn.Parameter(torch.empty(n, d))  # M: N x d, the latent relations
+        if config.item_bias:
+            self.item_bias = nn.Embedding(config.num_items, 1, sparse=config.sparse)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -167,6 +175,8 @@ class LRML(Recommender):
                 std = s if self.config.init == "authors" else 0.01
                 self.keys.normal_(0.0, std)
                 self.memory.normal_(0.0, std)
+            if self.config.item_bias:
+                self.item_bias.weight.zero_()
 
     def _clip(self, vectors: torch.Tensor) -> torch.Tensor:
         radius = self.config.clip_radius
@@ -193,30 +203,46 @@ class LRML(Recommender):
     def _score_vectors(self, p: torch.Tensor, q: torch.Tensor, r: torch.Tensor | None) -> torch.Tensor:
         return self._score_translated(p if r is None else p + r, q)
 
+    def _item_tables(self) -> tuple[nn.Embedding, ...]:
+        """The tables looked up per item: the embeddings, and the bias when the model has one."""
+        return (self.item_embedding, self.item_bias) if self.config.item_bias else (self.item_embedding,)
+
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
+        neg_items = losses.as_negatives(neg_items)
         if fused.supports(self, users):
             return fused.loss(self, users, pos_items, neg_items)
         return self.autograd_loss(users, pos_items, neg_items)
 
     def autograd_loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
         """The loss as PyTorch operations: every device and variant, and the reference for ``lrml.fused``."""
-        user_rows, user_of, user_counts = lookup_distinct(self.user_embedding, users)
-        item_rows, item_of, item_counts = lookup_distinct(self.item_embedding, torch.cat([pos_items, neg_items]))
+        neg_items = losses.as_negatives(neg_items)
+        batch, k = neg_items.shape
+        (user_rows,), user_of, user_counts = lookup_distinct(users, self.user_embedding)
+        item_rows, item_of, item_counts = lookup_distinct(torch.cat([pos_items, neg_items.reshape(-1)]),
+                                                          *self._item_tables())
         p = self._clip(user_rows).index_select(0, user_of)
-        q, q_neg = self._clip(item_rows).index_select(0, item_of).chunk(2)
+        vectors = self._clip(item_rows[0]).index_select(0, item_of)
+        q, q_neg = vectors[:batch], vectors[batch:].view(batch, k, -1)
         r = self.relation(p, q)
-        translated = p if r is None else p + r  # shared by both pairs unless the negative has its own relation
+        translated = p if r is None else p + r  # shared by every pair unless the negatives have their own relation
         pos = self._score_translated(translated, q)
         if self.config.negative_relation == "own":
-            neg = self._score_vectors(p, q_neg, self.relation(p, q_neg))
+            p_each = p.unsqueeze(1).expand_as(q_neg)
+            neg = self._score_vectors(p_each, q_neg, self.relation(p_each, q_neg))
         else:
-            neg = self._score_translated(translated, q_neg)
-        hinge = F.relu(self.config.margin - pos + neg).sum()
-        return hinge + self._regularization((user_rows, user_counts), (item_rows, item_counts))
+            neg = self._score_translated(translated.unsqueeze(1), q_neg)
+        if self.config.item_bias:
+            bias = item_rows[1].index_select(0, item_of).squeeze(1)
+            pos, neg = pos + bias[:batch], neg + bias[batch:].view(batch, k)
+        config = self.config
+        ranking = losses.pair_losses(pos, neg, config.loss, config.margin, config.temperature, config.num_items).sum()
+        return ranking + self._regularization((user_rows, user_counts),
+                                              *((rows, item_counts) for rows in item_rows))
 
     def _regularization(self, *rows_and_counts: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | float:
-        """``0.5 * reg_weight * ||w||^2`` over the batch's looked-up rows, each counted as often as it was
-        looked up (the authors' L2 on the batch's embeddings), plus the keys and memory once."""
+        """``0.5 * reg_weight * ||w||^2`` over the batch's looked-up rows (embeddings and item biases), each
+        counted as often as it was looked up (the authors' L2 on the batch's embeddings), plus the keys and
+        memory once."""
         weight, kind = self.config.reg_weight, self.config.regularizer
         if kind == "none" or weight == 0.0:
             return 0.0
@@ -231,7 +257,8 @@ class LRML(Recommender):
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         users, items = torch.broadcast_tensors(users, items)
         p, q = self._clip(self.user_embedding(users)), self._clip(self.item_embedding(items))
-        return self._score_vectors(p, q, self.relation(p, q))
+        scores = self._score_vectors(p, q, self.relation(p, q))
+        return scores + self.item_bias(items).squeeze(-1) if self.config.item_bias else scores
 
     @torch.no_grad()
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
@@ -253,4 +280,5 @@ class LRML(Recommender):
                 shifted = (attention @ gram).add_(memory_p.unsqueeze(1)).sub_(memory_q[chunk])
                 apart[:, chunk] += shifted.mul_(attention).sum(-1)
             apart.clamp_(min=0)
-        return self._distance_score(apart)
+        scores = self._distance_score(apart)
+        return scores + self.item_bias.weight.T if self.config.item_bias else scores

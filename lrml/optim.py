@@ -1,11 +1,12 @@
-"""Optimizers for models with sparse embedding tables: a row-wise Adam and the trainer's combined optimizer.
+"""Optimizers for models with sparse embedding tables: row-wise Adam and Adagrad, and the trainer's combined optimizer.
 
 ``RowWiseAdam`` is lazy Adam on the rows a batch touches, with ``torch.optim.SparseAdam``'s
 semantics exactly: one step counter per table, and a row's moments decay only on the steps that
 touch it. SparseAdam builds five sparse tensors and masks the dense state twice per step; here
 one pass over the touched rows reads each row's weights and both moments once and updates them
 in place (compiled with numba on a CPU, three indexed PyTorch operations elsewhere), as the fused
-row-wise optimizers of large-embedding libraries do.
+row-wise optimizers of large-embedding libraries do. ``RowWiseAdagrad`` does the same for
+``torch.optim.Adagrad``'s sparse update.
 """
 from __future__ import annotations
 
@@ -97,16 +98,67 @@ def _adam_rows_compiled(param, exp_avg, exp_avg_sq, rows, grad_rows, beta1, beta
             weight[d] -= step_size * first[d] / (np.sqrt(second[d]) + eps)
 
 
+class RowWiseAdagrad(torch.optim.Optimizer):
+    """Adagrad on the rows present in each sparse gradient, as ``torch.optim.Adagrad`` updates them (no
+    learning-rate decay, no initial accumulator): each touched row's squared-gradient sum grows, and the row
+    moves by ``lr g / (sqrt(sum) + eps)``. State and hyperparameters are Adagrad's (``step``, ``sum``; ``lr``,
+    ``eps``), so either can load the other's ``state_dict``."""
+
+    def __init__(self, params, lr: float = 1e-2, eps: float = 1e-10):
+        if lr <= 0 or eps <= 0:
+            raise ValueError(f"lr={lr}, eps={eps}: need lr > 0, eps > 0")
+        super().__init__(params, {"lr": lr, "eps": eps, "lr_decay": 0.0, "weight_decay": 0.0,
+                                  "initial_accumulator_value": 0.0})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if not param.grad.is_sparse:
+                    raise RuntimeError("RowWiseAdagrad takes sparse gradients; use torch.optim.Adagrad for dense ones")
+                state = self.state[param]
+                if not state:
+                    state.update(step=torch.tensor(0.0), sum=torch.zeros_like(param))
+                state["step"] += 1
+                rows, grad_rows = _distinct_rows(param.grad)
+                if len(rows):
+                    _adagrad_rows(param, state["sum"], rows, grad_rows, group["lr"], group["eps"])
+
+
+def _adagrad_rows(param: torch.Tensor, sums: torch.Tensor, rows: torch.Tensor, grad_rows: torch.Tensor, lr: float,
+                  eps: float) -> None:
+    """The Adagrad update of ``rows`` (distinct) in place: compiled on a CPU, else indexed PyTorch operations."""
+    if param.device.type == "cpu" and param.dtype == torch.float32 and param.is_contiguous() and sums.is_contiguous():
+        _adagrad_rows_compiled(param.detach().numpy(), sums.numpy(), rows.numpy(), grad_rows.contiguous().numpy(),
+                               *np.float32([lr, eps]))
+        return
+    total = sums.index_select(0, rows).addcmul_(grad_rows, grad_rows)
+    sums.index_copy_(0, rows, total)
+    param.index_add_(0, rows, grad_rows / total.sqrt_().add_(eps), alpha=-lr)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _adagrad_rows_compiled(param, sums, rows, grad_rows, lr, eps):
+    """``_adagrad_rows`` for CPU arrays: each touched row's weights and sums read and written once."""
+    for k in numba.prange(len(rows)):
+        if k + AHEAD < len(rows):
+            prefetch_row(param, rows[k + AHEAD])
+            prefetch_row(sums, rows[k + AHEAD])
+        weight, total, grad = param[rows[k]], sums[rows[k]], grad_rows[k]
+        for d in range(len(weight)):
+            total[d] += grad[d] * grad[d]
+            weight[d] -= lr * grad[d] / (np.sqrt(total[d]) + eps)
+
+
 class Optimizer:
-    """Adam (row-wise on sparse embedding gradients, ``torch.optim.Adam`` on the rest) or Adagrad, stepped as one."""
+    """Adam or Adagrad, row-wise on sparse embedding gradients and ``torch.optim``'s on the rest, stepped as one."""
 
     def __init__(self, model: nn.Module, name: str, lr: float):
         sparse, dense = split_parameters(model)
-        if name == "adagrad":
-            self.parts = [torch.optim.Adagrad(sparse + dense, lr=lr)] if sparse or dense else []
-        else:
-            self.parts = ([RowWiseAdam(sparse, lr=lr)] if sparse else []) + \
-                         ([torch.optim.Adam(dense, lr=lr)] if dense else [])
+        row_wise, whole = (RowWiseAdagrad, torch.optim.Adagrad) if name == "adagrad" else (RowWiseAdam, torch.optim.Adam)
+        self.parts = ([row_wise(sparse, lr=lr)] if sparse else []) + ([whole(dense, lr=lr)] if dense else [])
 
     def zero_grad(self) -> None:
         for part in self.parts:

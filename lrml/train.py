@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from lrml import checkpoint as checkpoints
-from lrml import cli
-from lrml.baselines import BPRMF, BPRConfig, Popularity, PopularityConfig
+from lrml import cli, losses
+from lrml.baselines import BPRMF, EASE, BPRConfig, ClosedForm, EASEConfig, Popularity, PopularityConfig
 from lrml.data import Dataset, SplitParams, load_dataset, prepare
 from lrml.errors import UserError
 from lrml.evaluate import Evaluator
@@ -29,7 +29,8 @@ from lrml.optim import Optimizer
 from lrml.parallel import Collective, SingleProcess
 from lrml.sampling import NegativeSampler
 
-MODELS = ("lrml", "cml", "bpr", "pop")
+MODELS = ("lrml", "cml", "bpr", "ease", "pop")
+OPTIMIZERS = ("adam", "adagrad")
 MONITOR = "valid/sampled/ndcg@10"
 
 
@@ -45,8 +46,12 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adam"  # "adam" (row-wise Adam on sparse embeddings) or "adagrad"
     batch_size: int = 1024
+    num_negatives: int = 1  # negatives sampled per positive pair, uniformly from the user's unseen items
+    loss: str = LRMLConfig.loss  # lrml.losses: hinge, warp or softmax for LRML and CML; bpr or softmax for BPR-MF
+    temperature: float = LRMLConfig.temperature  # the softmax loss's
+    item_bias: bool = LRMLConfig.item_bias  # LRML and CML: a learned bias per item (BPR-MF always has one)
     max_epochs: int = 100
-    patience: int = 5  # stop after this many epochs without a better validation nDCG@10
+    patience: int = 10  # stop after this many epochs without a better validation nDCG@10
     seed: int = 0
     # LRML variants (see LRMLConfig)
     clip_radius: float | None = 1.0
@@ -57,18 +62,27 @@ class TrainConfig:
     def __post_init__(self):
         if self.model not in MODELS:
             raise UserError(f"model={self.model!r}; expected one of {MODELS}")
-        if self.optimizer not in ("adam", "adagrad"):
-            raise UserError(f"optimizer={self.optimizer!r}; expected 'adam' or 'adagrad'")
-        if self.batch_size < 1 or self.max_epochs < 1 or self.lr <= 0:
-            raise UserError(f"batch_size, max_epochs and lr must be positive: {self}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"optimizer={self.optimizer!r}; expected one of {OPTIMIZERS}")
+        for name in ("batch_size", "max_epochs", "num_negatives", "patience", "lr"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{name}={getattr(self, name)!r}; it must be positive")
+        if self.model in ("lrml", "cml"):
+            losses.check(self.loss, losses.DISTANCE_LOSSES, self.temperature, self.model)
+        elif self.model == "bpr":
+            losses.check(self.loss, losses.PRODUCT_LOSSES, self.temperature, self.model)
+        elif self.model == "ease" and not self.reg_weight > 0:
+            raise UserError(f"reg_weight={self.reg_weight!r}: EASE needs a positive L2 weight")
 
 
 # Each model's best setting by validation nDCG@10 on ml-100k from a small grid (lr, margin,
 # reg_weight, embedding_dim), the same care for every model; see the README's results.
+# EASE's default L2 weight is its author's for MovieLens-20M (Steck, WWW 2019).
 DEFAULTS = {
     "lrml": TrainConfig(),
     "cml": TrainConfig(model="cml"),
-    "bpr": TrainConfig(model="bpr", lr=3e-3, reg_weight=1e-3),
+    "bpr": TrainConfig(model="bpr", lr=3e-3, reg_weight=1e-3, loss=BPRConfig.loss, temperature=BPRConfig.temperature),
+    "ease": TrainConfig(model="ease", reg_weight=EASEConfig.reg_weight, max_epochs=1),
     "pop": TrainConfig(model="pop", max_epochs=1),
 }
 
@@ -84,10 +98,14 @@ def build_model(config: TrainConfig, num_users: int, num_items: int) -> Recommen
     """The model ``config`` describes, sized for the dataset."""
     if config.model == "pop":
         return Popularity(PopularityConfig(num_users, num_items))
+    if config.model == "ease":
+        return EASE(EASEConfig(num_users, num_items, config.reg_weight))
     if config.model == "bpr":
-        return BPRMF(BPRConfig(num_users, num_items, config.embedding_dim, config.reg_weight))
+        return BPRMF(BPRConfig(num_users, num_items, config.embedding_dim, config.reg_weight, config.loss,
+                               config.temperature))
     return LRML(LRMLConfig(num_users, num_items, config.embedding_dim, config.memory_size, config.margin,
-                           config.reg_weight, use_memory=config.model == "lrml", clip_radius=config.clip_radius,
+                           config.reg_weight, config.loss, config.temperature, config.item_bias,
+                           use_memory=config.model == "lrml", clip_radius=config.clip_radius,
                            distance=config.distance, negative_relation=config.negative_relation,
                            regularizer=config.regularizer, sparse=config.regularizer != "seed"))
 
@@ -141,7 +159,7 @@ class Trainer:
 
     @property
     def trainable(self) -> bool:
-        return any(True for _ in self.model.parameters())
+        return not isinstance(self.model, ClosedForm)
 
     def _all_training_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """The whole training split in canonical order (decoded from the sorted keys the sampler uses)."""
@@ -149,26 +167,28 @@ class Trainer:
         return keys // num_items, keys % num_items
 
     def train_epoch(self, users: np.ndarray, items: np.ndarray) -> float:
-        """One pass over the given positive pairs with fresh negatives; the mean loss per pair over all workers.
+        """One pass over the given positive pairs with fresh negatives (``num_negatives`` per pair, drawn batch by
+        batch); the mean loss per positive pair over all workers. A closed-form model is fitted instead.
 
         Every worker takes the same number of steps; a worker whose share is short wraps around.
         """
         if not self.trainable:
-            self.model.fit_counts(torch.as_tensor(items, dtype=torch.long, device=self.device))
+            self.model.fit(*(torch.as_tensor(ids, dtype=torch.long, device=self.device) for ids in (users, items)))
             return 0.0
         order = self.shuffle_rng.permutation(len(users))
-        users_t = torch.as_tensor(users[order], dtype=torch.long, device=self.device)
-        pos_t = torch.as_tensor(items[order], dtype=torch.long, device=self.device)
-        neg_t = torch.as_tensor(self.sampler.sample(users[order]), dtype=torch.long, device=self.device)
-        size = self.batch_size
+        users, items = users[order], items[order]
+        users_t = torch.as_tensor(users, dtype=torch.long, device=self.device)
+        pos_t = torch.as_tensor(items, dtype=torch.long, device=self.device)
+        size, k = self.batch_size, self.config.num_negatives
         steps = self.parallel.agree_max(-(-len(users) // size))
         total = torch.zeros((), device=self.device)
         self.model.train()
         for step in range(steps):
             start = (step * size) % max(len(users), 1)
             batch = slice(start, start + size)
+            negatives = self.sampler.sample(np.repeat(users[batch], k)).reshape(-1, k)
             self.optimizer.zero_grad()
-            loss = self.model(users_t[batch], pos_t[batch], neg_t[batch])
+            loss = self.model(users_t[batch], pos_t[batch], torch.as_tensor(negatives, device=self.device))
             loss.backward()
             self.parallel.sum_gradients()
             self.optimizer.step()
@@ -272,6 +292,14 @@ def format_final(final: dict) -> str:
     return "\n".join(lines)
 
 
+def yes_or_no(text: str) -> bool:
+    """A command line's boolean: true/false, yes/no or 1/0."""
+    answers = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if text.lower() not in answers:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
+    return answers[text.lower()]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lrml.train", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-latest-small", help="MovieLens release (default: the bundled ml-latest-small)")
@@ -282,7 +310,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for field in fields(TrainConfig):
         if field.name == "model":
             continue
-        kind = {"int": int, "float": float, "str": str}.get(str(field.type).split(" ")[0], float)
+        kind = {"int": int, "float": float, "str": str, "bool": yes_or_no}.get(str(field.type).split(" ")[0], float)
         parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=None,
                             help=f"default: the model's tuned value ({getattr(TrainConfig(), field.name)!r} for lrml)")
     parser.add_argument("--checkpoint", help="write the best epoch's checkpoint here")

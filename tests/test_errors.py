@@ -84,7 +84,7 @@ def test_best_refuses_what_is_not_a_search(tmp_path, capsys):
 
 def test_train_names_the_bad_value_and_the_bad_line(tmp_path, capsys):
     assert refused(train.main, ["--dataset", "ml-7m"], capsys).startswith("lrml.train: error: unknown dataset")
-    assert "batch_size, max_epochs and lr must be positive" in refused(train.main, ["--batch-size", "0"], capsys)
+    assert "batch_size=0; it must be positive" in refused(train.main, ["--batch-size", "0"], capsys)
     folder = tmp_path / "ml-latest-small"
     folder.mkdir()
     (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,two,4.0,964981247\n")

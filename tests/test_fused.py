@@ -1,5 +1,6 @@
 """The fused CPU loss (lrml.fused) against autograd on the same weights: loss, every gradient, and the edges."""
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -24,13 +25,17 @@ def model_with(**options) -> LRML:
         if model.config.use_memory:
             model.keys.normal_(0.0, 1.0)
             model.memory.normal_(0.0, 0.5)
+        if model.config.item_bias:
+            model.item_bias.weight.normal_(0.0, 0.3)
     return model
 
 
-def batch(size=40, seed=1):
+def batch(size=40, seed=1, negatives=1):
+    """Users, positives and negatives: (size,) for one negative per positive, (size, k) for more."""
     g = torch.Generator().manual_seed(seed)
+    shape = (size,) if negatives == 1 else (size, negatives)
     return (torch.randint(0, USERS, (size,), generator=g), torch.randint(0, ITEMS, (size,), generator=g),
-            torch.randint(0, ITEMS, (size,), generator=g))
+            torch.randint(0, ITEMS, shape, generator=g))
 
 
 def loss_and_gradients(model, loss_fn, *triples):
@@ -64,6 +69,50 @@ def test_loss_and_every_gradient_equal_autograd(options):
     assert_fused_equals_autograd(model, *triples)
     rows = model.item_embedding.weight.grad._indices()[0]
     assert (rows[1:] > rows[:-1]).all()  # each row once, in order: the optimizer sorts nothing
+
+
+# every loss with one and several negatives, with and without the item bias, for LRML and CML; the softmax's
+# temperature small enough that its gradients are not all alike
+LOSS_VARIANTS = [dict(loss=loss, negatives=negatives, item_bias=bias, use_memory=memory, temperature=0.3)
+                 for loss, negatives, bias, memory in
+                 itertools.product(["hinge", "warp", "softmax"], [1, 4], [False, True], [True, False])]
+
+
+@pytest.mark.parametrize("options", LOSS_VARIANTS, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_every_loss_negatives_and_bias_equal_autograd(options):
+    negatives = options.pop("negatives")
+    model = model_with(**options)
+    triples = batch(negatives=negatives)
+    assert fused.supports(model, triples[0])
+    assert_fused_equals_autograd(model, *triples)
+
+
+def test_warp_weights_the_closest_negative_by_the_violators():
+    """By hand: one pair, three negatives, two of them inside the margin; only the closest one has a gradient."""
+    model = model_with(loss="warp", use_memory=False, clip_radius=None, regularizer="none", margin=1.0)
+    with torch.no_grad():
+        model.user_embedding.weight[0] = torch.zeros(DIM)
+        for item, distance in ((0, 1.0), (1, 1.5), (2, 0.8), (3, 5.0)):  # the positive, then three negatives
+            model.item_embedding.weight[item] = torch.zeros(DIM)
+            model.item_embedding.weight[item, 0] = distance
+    users, pos, neg = torch.tensor([0]), torch.tensor([0]), torch.tensor([[1, 2, 3]])
+    score = lambda d: -(d * d + 1e-3) ** 0.5  # noqa: E731
+    weight = math.log1p(ITEMS * 2 / 3)  # items 1 and 2 violate: margin - s+ + s- > 0
+    expected = weight * (1.0 - score(1.0) + score(0.8))  # the closest negative: item 2
+    loss, grads = loss_and_gradients(model, model.loss, users, pos, neg)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    touched = grads["item_embedding.weight"].abs().sum(1)
+    assert touched[2] > 0 and touched[1] == 0 and touched[3] == 0
+
+
+def test_a_nan_score_gives_a_nan_loss_for_every_loss():
+    for loss in ("hinge", "warp", "softmax"):
+        model = model_with(loss=loss)
+        with torch.no_grad():
+            model.item_embedding.weight[3] = float("nan")
+        users, pos, neg = batch(negatives=3)
+        neg[0, 1] = 3
+        assert torch.isnan(model.loss(users, pos, neg)), loss
 
 
 @pytest.mark.parametrize("shape", ["one user", "one pair"])

@@ -7,7 +7,8 @@ import torch
 from conftest import SEED_SKETCH, require
 
 from lrml import checkpoint
-from lrml.baselines import BPRMF, BPRConfig, Popularity, PopularityConfig
+from lrml.baselines import BPRMF, EASE, BPRConfig, ClosedForm, EASEConfig, Popularity, PopularityConfig
+from lrml.losses import pair_losses
 from lrml.model import LRML, LRMLConfig, clip_by_norm
 
 USERS, ITEMS = 30, 40
@@ -104,6 +105,58 @@ def test_negative_relation_variants_differ_only_in_the_negative_relation():
     assert not torch.allclose(own.loss(users, pos, neg), expected)
 
 
+def test_each_loss_by_hand():
+    """Two positive pairs with two negatives each; the numbers worked out on paper."""
+    pos, neg = torch.tensor([-1.0, -0.5]), torch.tensor([[-1.2, -0.3], [-2.0, -3.0]])
+    # hinge, margin 0.5: pair 1: relu(0.5 + 1 - 1.2) + relu(0.5 + 1 - 0.3) = 0.3 + 1.2; pair 2: both 0
+    assert torch.allclose(pair_losses(pos, neg, "hinge", 0.5, 1.0, 100), torch.tensor([1.5, 0.0]))
+    # warp: pair 1 has both negatives inside the margin: log(1 + 100 * 2 / 2) * relu(0.5 + 1 - 0.3)
+    warp = pair_losses(pos, neg, "warp", 0.5, 1.0, 100)
+    assert torch.allclose(warp, torch.tensor([np.log(101.0) * 1.2, 0.0], dtype=torch.float32))
+    # softmax, temperature 0.5: -log(e^-2 / (e^-2 + e^-2.4 + e^-0.6))
+    softmax = pair_losses(pos, neg, "softmax", 0.5, 0.5, 100)
+    assert softmax[0].item() == pytest.approx(-np.log(np.exp(-2) / (np.exp(-2) + np.exp(-2.4) + np.exp(-0.6))), rel=1e-6)
+    # bpr: -log sigmoid(-1 + 1.2) - log sigmoid(-1 + 0.3)
+    bpr = pair_losses(pos, neg, "bpr", 0.0, 1.0, 100)
+    assert bpr[0].item() == pytest.approx(np.log1p(np.exp(-0.2)) + np.log1p(np.exp(0.7)), rel=1e-6)
+
+
+def test_item_bias_adds_to_every_score():
+    plain = spread(LRML(LRMLConfig(USERS, ITEMS, embedding_dim=8, memory_size=5)))
+    biased = LRML(LRMLConfig(USERS, ITEMS, embedding_dim=8, memory_size=5, item_bias=True))
+    biased.load_state_dict({**plain.state_dict(), "item_bias.weight": torch.arange(ITEMS, dtype=torch.float32)[:, None]},
+                           strict=True)
+    users, items = torch.tensor([0, 1]), torch.tensor([3, 7])
+    assert torch.allclose(biased.score(users, items), plain.score(users, items) + torch.tensor([3.0, 7.0]))
+    assert torch.allclose(biased.score_all(users), plain.score_all(users) + torch.arange(ITEMS, dtype=torch.float32))
+
+
+def test_bpr_with_several_negatives_sums_their_losses():
+    model = spread(BPRMF(BPRConfig(USERS, ITEMS, embedding_dim=8, reg_weight=0.0)))
+    users, pos, _ = batch()
+    neg = torch.randint(0, ITEMS, (16, 3), generator=torch.Generator().manual_seed(5))
+    one_at_a_time = sum(model.loss(users, pos, neg[:, j]) for j in range(3))
+    assert torch.allclose(model.loss(users, pos, neg), one_at_a_time, rtol=1e-6)
+
+
+def test_ease_solves_its_constrained_least_squares():
+    """EASE's B is the minimiser of ||X - XB||^2 + reg ||B||^2 with a zero diagonal: the objective's gradient is zero
+    off the diagonal. In float32, B's entries carry a relative error of about 2^-24 (the solve is float64), so the
+    gradient's entries stay within 2 (||X^T X|| + reg) 2^-24 max|B|, the bound checked here."""
+    g = torch.Generator().manual_seed(0)
+    users, items = torch.randint(0, USERS, (300,), generator=g), torch.randint(0, ITEMS, (300,), generator=g)
+    model = EASE(EASEConfig(USERS, ITEMS, reg_weight=3.0))
+    model.fit(users, items)
+    x = torch.zeros(USERS, ITEMS, dtype=torch.float64)
+    x[users, items] = 1.0
+    weights = model.weights.double()
+    assert torch.all(weights.diagonal() == 0)
+    gradient = -x.T @ (x - x @ weights) + 3.0 * weights
+    gradient.fill_diagonal_(0.0)
+    bound = 2 * (torch.linalg.matrix_norm(x.T @ x, ord=2) + 3.0) * 2.0 ** -24 * weights.abs().max()
+    assert gradient.abs().max() <= bound
+
+
 def load_sketch():
     spec = importlib.util.spec_from_file_location("seed_lrml", require(SEED_SKETCH))
     module = importlib.util.module_from_spec(spec)
@@ -145,8 +198,9 @@ class RecommenderContract:
 
     def fitted(self):
         model = self.make()
-        if isinstance(model, Popularity):
-            model.fit_counts(torch.randint(0, ITEMS, (500,), generator=torch.Generator().manual_seed(1)))
+        if isinstance(model, ClosedForm):
+            g = torch.Generator().manual_seed(1)
+            model.fit(torch.randint(0, USERS, (500,), generator=g), torch.randint(0, ITEMS, (500,), generator=g))
         else:
             spread(model)
         return model
@@ -178,8 +232,8 @@ class RecommenderContract:
 
     def test_training_lowers_the_loss(self):
         model = self.make()
-        if isinstance(model, Popularity):
-            pytest.skip("popularity has nothing to train")
+        if isinstance(model, ClosedForm):
+            pytest.skip("fitted in closed form: no loss to lower")
         from lrml.optim import Optimizer
         optimizer = Optimizer(model, "adam", 0.01)
         users, pos, neg = batch(256)
@@ -210,6 +264,26 @@ class TestCML(RecommenderContract):
 class TestBPR(RecommenderContract):
     def make(self):
         return BPRMF(BPRConfig(USERS, ITEMS, embedding_dim=8))
+
+
+class TestLRMLWarpBias(RecommenderContract):
+    def make(self):
+        return LRML(LRMLConfig(USERS, ITEMS, embedding_dim=8, memory_size=5, loss="warp", item_bias=True))
+
+
+class TestCMLSoftmax(RecommenderContract):
+    def make(self):
+        return LRML(LRMLConfig(USERS, ITEMS, embedding_dim=8, use_memory=False, loss="softmax"))
+
+
+class TestBPRSoftmax(RecommenderContract):
+    def make(self):
+        return BPRMF(BPRConfig(USERS, ITEMS, embedding_dim=8, loss="softmax", temperature=0.5))
+
+
+class TestEASE(RecommenderContract):
+    def make(self):
+        return EASE(EASEConfig(USERS, ITEMS, reg_weight=2.0))
 
 
 class TestPopularity(RecommenderContract):

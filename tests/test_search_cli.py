@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from conftest import REPO, terminated_trials
+from conftest import ML_100K, REPO, require, terminated_trials
 from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -35,9 +35,11 @@ def run_script(script: str, *args: str, timeout: int = 900) -> subprocess.Comple
 
 
 def test_search_then_best_against_tuned_baselines(tmp_path):
+    """On ml-100k, whose 1,682 items make EASE's solves fast."""
     storage = tmp_path / "ray"
     search = run_script("search.py", "--num-samples", "4", "--max-epochs", "2", "--name", "e2e-lrml",
-                        "--storage-path", str(storage), "--mlflow")
+                        "--storage-path", str(storage), "--mlflow", "--dataset", "ml-100k", "--data-dir",
+                        str(require(ML_100K)))
     assert "best trial" in search.stdout and "next: python tune/best.py" in search.stdout
     # a console a person can follow: a line per trial, none wider than 100 columns; Ray's output in a log file
     console = (search.stdout + search.stderr).splitlines()
@@ -64,7 +66,8 @@ def test_search_then_best_against_tuned_baselines(tmp_path):
     moved = tmp_path / "synced"
     shutil.move(storage, moved)
     out = tmp_path / "results"
-    best = run_script("best.py", str(moved / "e2e-lrml"), "--out", str(out), "--tune-baselines")
+    best = run_script("best.py", str(moved / "e2e-lrml"), "--out", str(out), "--tune-baselines", "--candidates", "2",
+                      "--defaults-epochs", "2")
     assert "searching CML with the LRML search's budget" in best.stdout
     for model in ("cml", "bpr"):  # searched beside it, with the same budget and seed
         baseline = json.loads((moved / f"e2e-{model}" / "lrml_search.json").read_text())
@@ -76,21 +79,29 @@ def test_search_then_best_against_tuned_baselines(tmp_path):
     trials = pd.read_csv(out / "trials.csv")
     assert sorted(trials["model"].unique()) == ["bpr", "cml", "lrml"] and len(trials) == 12
     evaluation = {row["model"]: row for row in json.loads((out / "evaluation.json").read_text())}
-    assert list(evaluation) == ["lrml", "cml", "bpr", "pop"]
-    lrml = evaluation["lrml"]
-    # the best checkpoint's validation number is the one the search reported for that trial's best epoch
-    lrml_trials = trials[trials["model"] == "lrml"]
-    assert lrml["valid"]["sampled"]["ndcg@10"] == pytest.approx(lrml_trials[MONITOR].max(), abs=1e-6)
+    assert list(evaluation) == ["lrml", "cml", "bpr", "ease", "pop"]
+    for model in ("lrml", "cml", "bpr"):
+        row, searched = evaluation[model], trials[trials["model"] == model]
+        # two distinct configurations, each retrained with seeds 1-3; the chosen one has the best mean validation
+        candidates = row["candidates"]
+        assert len(candidates) == 2 and row["trial"] == candidates[0]["trial"]
+        means = [candidate["runs"]["valid"]["sampled"]["ndcg@10"]["mean"] for candidate in candidates]
+        assert means[0] >= means[1] and all(len(c["runs"]["test"]["full"]["ndcg@10"]["values"]) == 3 for c in candidates)
+        # the chosen checkpoint's validation number is the one the search reported for that trial's best epoch
+        reported = searched.loc[searched["trial_id"] == row["trial"], MONITOR].item()
+        assert row["valid"]["sampled"]["ndcg@10"] == pytest.approx(reported, abs=1e-6)
+        assert row["defaults"]["config"]["max_epochs"] == 2 and len(row["defaults"]["test"]["sampled"]["mrr"]["values"]) == 3
+    tried = {float(weight): value for weight, value in evaluation["ease"]["tried"].items()}  # JSON keys are text
+    assert evaluation["ease"]["config"]["reg_weight"] == max(tried, key=tried.get) and len(tried) == 15
     for row in evaluation.values():
         for protocol in ("sampled", "full"):
             ndcg = row["test"][protocol]["ndcg@10"]
             assert ndcg["ci95"][0] <= ndcg["mean"] <= ndcg["ci95"][1]
-        if row["model"] != "lrml":
-            assert set(row["p_vs_lrml"]) == {"sampled", "full"} and all(0 < p <= 1 for p in row["p_vs_lrml"].values())
-        if row["model"] != "pop":
-            assert len(row["seeds"]["sampled"]["ndcg@10"]["values"]) == 5
+        assert set(row["p_values"]) == set(evaluation) - {row["model"]}
+        assert all(0 < p <= 1 for pair in row["p_values"].values() for p in pair.values())
     summary = (out / "summary.md").read_text()
-    for text in ("LRML", "CML", "BPR-MF", "popularity", "p vs LRML", "retrained with seeds 1, 2, 3, 4, 5", "Verdict"):
+    for text in ("LRML", "CML", "BPR-MF", "EASE", "popularity", "p vs LRML", "Tuned against not tuning",
+                 "retrained with seeds 1, 2, 3", "Verdict"):
         assert text in summary, text
 
     recommended = run_script("best.py", str(moved / "e2e-lrml"), "--recommend", "414").stdout.strip().splitlines()

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from lrml import checkpoint
+from lrml.baselines import BPRMF
+from lrml.data.split import contains
 from lrml.errors import CheckpointMismatch
+from lrml.optim import Optimizer
 from lrml.sampling import NegativeSampler
 from lrml.train import MONITOR, Trainer, TrainingDiverged, defaults, main
 
@@ -22,6 +25,38 @@ def test_negatives_are_unseen_and_uniform(small_dataset):
     unseen_0 = d.num_items - (d.train_users == 0).sum()
     counts = np.bincount(negatives[:50_000], minlength=d.num_items)
     assert (counts > 0).sum() > 0.99 * unseen_0 * (1 - np.exp(-50_000 / unseen_0))
+
+
+class RecordingBPR(BPRMF):
+    """BPR-MF that keeps the negatives of every batch it trains on."""
+
+    seen_negatives: list
+
+    def loss(self, users, pos_items, neg_items):
+        self.seen_negatives.append((users.clone(), neg_items.clone()))
+        return super().loss(users, pos_items, neg_items)
+
+
+def test_each_positive_trains_against_k_unseen_negatives(small_dataset):
+    config = replace(defaults("bpr"), num_negatives=5, batch_size=4096)
+    trainer = Trainer(config, small_dataset)
+    trainer.model = RecordingBPR(trainer.model.config)
+    trainer.model.seen_negatives = []
+    trainer.optimizer = Optimizer(trainer.model, config.optimizer, config.lr)
+    trainer.train_epoch(small_dataset.train_users, small_dataset.train_items)
+    batches = trainer.model.seen_negatives
+    assert len(batches) == -(-len(small_dataset.train_users) // 4096)
+    assert all(negatives.shape == (len(users), 5) for users, negatives in batches)
+    users = torch.cat([users.repeat_interleave(5) for users, _ in batches]).numpy()
+    negatives = torch.cat([negatives.reshape(-1) for _, negatives in batches]).numpy()
+    assert not contains(small_dataset.train_keys, users * small_dataset.num_items + negatives).any()
+
+
+def test_ease_fits_once_and_beats_popularity(ml100k_dataset):
+    pop = Trainer(defaults("pop"), ml100k_dataset).fit(final_eval=False)
+    ease = Trainer(defaults("ease"), ml100k_dataset).fit(final_eval=False)
+    assert len(ease.history) == 1 and ease.history[0]["loss"] == 0.0
+    assert ease.history[0][MONITOR] > pop.history[0][MONITOR] + 0.1
 
 
 def test_short_run_beats_popularity_on_validation(small_dataset, tmp_path):

@@ -46,7 +46,7 @@ def climbing(config):
 
 def test_the_study_sees_stopped_trials_as_pruned_and_finished_ones_at_their_best(local_ray, tmp_path):
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3))
-    searcher = StudySearcher({"x": Param("uniform", low=0.0, high=1.0)}, study, MONITOR, "max",
+    searcher = StudySearcher({"x": Param("uniform", low=0.0, high=1.0, sets="x")}, study, MONITOR, "max",
                              starting_points=[{"x": 0.5}, {"x": 0.05}])
     tune.Tuner(climbing, tune_config=tune.TuneConfig(
         metric=MONITOR, mode="max", search_alg=searcher, num_samples=12, max_concurrent_trials=1,
@@ -126,6 +126,7 @@ def test_a_failed_trial_never_wins_however_good_it_looked(local_ray, tmp_path):
     outcome = summarize(results, wall_seconds=1.0, search_started_at=0.0, search_seconds=1.0, concurrency=1)
     assert outcome.best_config == {"x": 0.4} and len(outcome.failures) == 1
     assert list(outcome.failures.values())[0].endswith("RuntimeError: diverged")
-    settings = SearchSettings(name="flaring", storage_path=str(tmp_path), space={"x": Param("uniform", low=0.0, high=1.0)})
+    settings = SearchSettings(name="flaring", storage_path=str(tmp_path),
+                              space={"x": Param("uniform", low=0.0, high=1.0, sets="x")})
     SearchRecord(settings, "unused", "unused", outcome).write()
     assert [trial.config["x"] for trial in Experiment(str(tmp_path / "flaring")).trials] == [0.4, 0.3]

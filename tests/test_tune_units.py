@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import optuna
@@ -12,7 +13,7 @@ from lrml_tune.compare import baseline_search_args, find_baseline
 from lrml_tune.resources import plan_resources
 from lrml_tune.search import parse_args
 from lrml_tune.settings import RECORD_FILE, SearchOutcome, SearchRecord, SearchSettings
-from lrml_tune.space import Param, default_space_file, load_space, starting_points
+from lrml_tune.space import Param, at_edges, default_space_file, load_space, starting_points, suggest
 from lrml_tune.stats import bootstrap_ci, paired_randomization_test
 from lrml_tune.strategy import make_sampler, make_scheduler
 
@@ -21,10 +22,49 @@ def test_every_model_space_loads_and_starts_from_the_defaults():
     for model in ("lrml", "cml", "bpr"):
         space = load_space(default_space_file(model))
         points = starting_points(model, space)
-        assert points and all(set(point) == set(space) for point in points)
+        # the defaults use Adam and their own loss: the parameters that apply to them, and no others
+        assert points and all("lr[adam]" in point and "lr[adagrad]" not in point and "temperature" not in point
+                              for point in points)
     lrml = starting_points("lrml", load_space(default_space_file("lrml")))
     assert [point["reg_weight"] for point in lrml] == [0.01, 0.1]  # the defaults, then the seed sketch's
+    assert lrml[0]["margin"] == 0.2 and lrml[0]["loss"] == "hinge" and lrml[0]["num_negatives"] == 1
     assert "memory_size" not in load_space(default_space_file("bpr"))
+
+
+def test_conditional_parameters_are_asked_only_where_they_apply():
+    """Random configurations of LRML's space: a margin only for the hinge losses, a temperature only for the
+    softmax, and each optimizer's learning rate from its own range."""
+    space = load_space(default_space_file("lrml"))
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    configs = [suggest(study.ask(), space) for _ in range(200)]
+    assert {config["loss"] for config in configs} == {"hinge", "warp", "softmax"}
+    for config in configs:
+        assert ("margin" in config) == (config["loss"] != "softmax") and ("temperature" in config) == ("margin" not in config)
+        low, high = {"adam": (1e-4, 0.05), "adagrad": (1e-3, 0.5)}[config["optimizer"]]
+        assert low <= config["lr"] <= high
+    trial = study.trials[0]
+    assert ("lr[adam]" in trial.params) == (trial.params["optimizer"] == "adam")
+
+
+def test_tpe_learns_over_the_conditional_space():
+    """Multivariate TPE, grouped, proposes every parameter where it applies once it models the trials: a study of
+    an objective that rewards the softmax with a low temperature ends up proposing it."""
+    space = load_space(default_space_file("cml"))
+    study = optuna.create_study(direction="maximize", sampler=make_sampler("tpe", seed=0))
+    for _ in range(40):
+        trial = study.ask()
+        config = suggest(trial, space)
+        study.tell(trial, (config["loss"] == "softmax") * (1.0 - config.get("temperature", 1.0)))
+    late = [trial.params for trial in study.trials[-10:]]
+    assert sum(params["loss"] == "softmax" for params in late) >= 6
+
+
+def test_values_at_the_ends_of_a_range_are_named():
+    space = load_space(default_space_file("lrml"))
+    found = at_edges(space, {"embedding_dim": 256, "memory_size": 20, "loss": "softmax", "temperature": 0.0101,
+                             "optimizer": "adagrad", "lr": 0.2, "reg_weight": 0.001, "batch_size": 1024})
+    assert found == ["embedding_dim=256 is the highest the space allows [32, 64, 100, 128, 256]",
+                     "temperature=0.0101 is the lowest the space allows [0.01, 1] when loss is softmax"]
 
 
 @pytest.mark.parametrize("text, message", [
@@ -36,6 +76,12 @@ def test_every_model_space_loads_and_starts_from_the_defaults():
     ('{"batch_size": {"type": "choice", "values": []}}', r"'batch_size' is a choice and needs a non-empty list"),
     ('{"seed": {"type": "choice", "values": [1, 2]}}', r"'seed' is not a hyperparameter"),
     ('{"_comment": "nothing else"}', r"no hyperparameter to search"),
+    ('{"margin": {"type": "uniform", "low": 0, "high": 1, "when": {"loss": ["hinge"]}}}',
+     r"'margin' depends on 'loss', which must be an unconditional choice listed before it"),
+    ('{"loss": {"type": "choice", "values": ["hinge"]}, "margin": {"type": "uniform", "low": 0, "high": 1, '
+     '"when": {"loss": ["softmax"]}}}', r"'margin' applies when loss is \['softmax'\], which loss never is"),
+    ('{"optimizer": {"type": "choice", "values": ["adam", "adagrad"]}, "lr": {"type": "loguniform", "by": '
+     '"optimizer", "ranges": {"adam": [0.001, 0.01]}}}', r"'lr' needs 'ranges' with one \[low, high\] for each optimizer"),
 ])
 def test_a_bad_space_file_names_the_file_and_the_entry(tmp_path, text, message):
     path = tmp_path / "space.json"
@@ -56,16 +102,18 @@ def test_the_search_record_reads_back_as_the_same_types(tmp_path):
     settings = SearchSettings(name="e", storage_path=str(tmp_path), space=space, concurrency=2, data_dir="/data")
     outcome = SearchOutcome(trials=3, errors=0, epochs_trained=9, wall_seconds=20.0, search_started_at=1.5e9,
                             search_seconds=10.0, training_seconds=15.0, concurrency=2, best_trial="abc",
-                            best_config={"lr": 0.001}, best_epoch=3, best_valid={"valid/sampled/ndcg@10": 0.4})
+                            best_config={"lr": 0.001}, best_epoch=3, best_trial_epochs=3,
+                            best_valid={"valid/sampled/ndcg@10": 0.4})
     record = SearchRecord(settings, "/prepared", "fingerprint", outcome)
     record.write()
     found = SearchRecord.read(str(tmp_path / "e"))
     assert found == record and isinstance(found.settings.space["embedding_dim"], Param)
-    assert found.settings.space["embedding_dim"].values == (32, 64, 100, 128)
+    assert found.settings.space["embedding_dim"].values == (32, 64, 100, 128, 256)
+    assert found.settings.space["lr[adagrad]"].when == {"optimizer": ("adagrad",)} and found.outcome.still_improving
     assert found.outcome.training_share == pytest.approx(15.0 / (10.0 * 2))
     raw = json.loads((tmp_path / "e" / RECORD_FILE).read_text())
     (tmp_path / "e" / RECORD_FILE).write_text(json.dumps({**raw, "version": 1}))
-    with pytest.raises(ValueError, match="record version 1, this code reads 2"):
+    with pytest.raises(ValueError, match="record version 1, this code reads 3"):
         SearchRecord.read(str(tmp_path / "e"))
 
 
@@ -130,7 +178,7 @@ def test_baseline_searches_are_found_beside_the_lrml_search_only_with_the_same_b
                                   num_samples=budget.get("num_samples", 8), seed=budget.get("seed", 0))
         outcome = SearchOutcome(trials=8, errors=0, epochs_trained=8, wall_seconds=1.0, search_started_at=0.0,
                                 search_seconds=1.0, training_seconds=1.0, concurrency=1, best_trial="t",
-                                best_config={}, best_epoch=1, best_valid={}) if finished else None
+                                best_config={}, best_epoch=1, best_trial_epochs=2, best_valid={}) if finished else None
         found = SearchRecord(settings, "/prepared", budget.get("fingerprint", "same"), outcome)
         found.write()
         return found
@@ -149,3 +197,14 @@ def test_baseline_searches_are_found_beside_the_lrml_search_only_with_the_same_b
     assert find_baseline(str(tmp_path / "small-lrml"), lrml, "bpr") is None
     args = baseline_search_args(str(tmp_path / "small-lrml"), lrml, "bpr")
     assert args[:4] == ["--model", "bpr", "--name", "small-bpr"] and "--num-samples" in args
+
+
+def test_a_baseline_search_gets_every_setting_of_the_lrml_search(tmp_path):
+    """The command line rebuilt for a baseline reads back as the LRML search's settings, but for model, name and space."""
+    lrml, _ = parse_args(["--name", "small-lrml-s1", "--storage-path", str(tmp_path), "--seed", "1", "--patience", "7",
+                          "--max-epochs", "30", "--worker-start-timeout", "90", "--mlflow", "http://127.0.0.1:5000",
+                          "--wandb", "--concurrency", "3"])
+    record = SearchRecord(lrml, "/prepared", "same")
+    found, _ = parse_args(baseline_search_args(str(tmp_path / "small-lrml-s1"), record, "cml"))
+    assert found.name == "small-cml-s1" and found.model == "cml"
+    assert replace(found, name=lrml.name, model="lrml", space=lrml.space, space_file=lrml.space_file) == lrml

@@ -20,7 +20,8 @@ from lrml_tune.settings import SearchRecord, SearchSettings
 def check_settings(settings: SearchSettings, resume: bool) -> None:
     """Counts, epochs, dataset, data folder, resources of a local run and the experiment's storage."""
     for flag, value in (("--num-samples", settings.num_samples), ("--max-epochs", settings.max_epochs),
-                        ("--grace-period", settings.grace_period), ("--workers-per-trial", settings.workers_per_trial),
+                        ("--patience", settings.patience), ("--grace-period", settings.grace_period),
+                        ("--workers-per-trial", settings.workers_per_trial),
                         ("--worker-start-timeout", settings.worker_start_timeout)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1; got {value:g}")

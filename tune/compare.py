@@ -1,67 +1,92 @@
-"""Compare a tuned LRML with baselines tuned on the same budget: test metrics with confidence
-intervals, paired tests against LRML, and each best configuration retrained with fresh seeds.
+"""Compare a tuned LRML with baselines tuned on the same budget: which configuration each search returns,
+its test metrics with confidence intervals and paired tests, its retrains with fresh seeds, and the same
+model's defaults trained to convergence.
 
 Searches compare when they ran on the same prepared dataset with the same trial budget, epochs,
-seed and strategy (``same_budget``); the baselines' searches are found beside the LRML search.
+patience, seed and strategy (``same_budget``); the baselines' searches are found beside the LRML search.
+
+Selection: validation has one held-out item per user, so the single best trial of a search is partly
+the luckiest. With ``candidates`` > 1, the top configurations are each retrained with the fresh seeds
+and the one with the best mean validation metric is chosen; its test metrics are never looked at first.
 """
 from __future__ import annotations
 
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow.fs
-import torch
 
-from lrml.data import load_dataset
+from lrml import checkpoint
 from lrml.evaluate import Evaluator
 from lrml.model import Recommender
-from lrml.train import TrainConfig, Trainer
+from lrml.train import MONITOR, TrainConfig, defaults
+from lrml_tune.experiment import Experiment, TrialSummary
+from lrml_tune.retrain import METRICS, PROTOCOLS, monitored, retrain, spread
 from lrml_tune.settings import SearchRecord
+from lrml_tune.space import at_edges
 from lrml_tune.stats import bootstrap_ci, paired_randomization_test
 
 BASELINES = ("cml", "bpr")
-LABELS = {"lrml": "LRML", "cml": "CML", "bpr": "BPR-MF", "pop": "popularity"}
-RETRAIN_SEEDS = (1, 2, 3, 4, 5)  # fresh seeds: the search's own seed picked the winner and would flatter it
-METRICS = ("hr@10", "ndcg@10", "mrr")
-PROTOCOLS = ("sampled", "full")
+LABELS = {"lrml": "LRML", "cml": "CML", "bpr": "BPR-MF", "ease": "EASE", "pop": "popularity"}
+RETRAIN_SEEDS = (1, 2, 3)  # fresh seeds: the search's own seed picked the winner and would flatter it
 TESTED_METRIC = "ndcg@10"
 
 
 @dataclass
-class ModelResult:
-    """One model's row in the comparison."""
+class Candidate:
+    """One of a search's top configurations, retrained with ``RETRAIN_SEEDS``."""
 
-    model: str  # lrml, cml, bpr or pop
-    tuned_by: str | None  # the search's experiment, or None (popularity has nothing to tune)
+    trial: str
+    config: dict
+    search_valid: float  # the trial's best validation metric in the search (its own seed)
+    runs: dict  # retrain.spread of the retrains
+
+
+@dataclass
+class ModelResult:
+    """One model's row in the comparison: its chosen configuration, evaluated from the search's checkpoint."""
+
+    model: str  # lrml, cml, bpr, ease or pop
+    tuned_by: str | None  # the search's experiment name, "best.py" (EASE) or None (popularity)
     trial: str | None
     config: dict
     valid: dict[str, dict[str, float]]  # protocol -> metric -> mean
     test: dict[str, dict[str, dict]]  # protocol -> metric -> {"mean", "ci95": [low, high]}
     per_user: dict[str, dict[str, np.ndarray]] = field(repr=False, default_factory=dict)  # test, for paired tests
-    p_vs_lrml: dict[str, float] = field(default_factory=dict)  # protocol -> p-value on per-user nDCG@10
-    seeds: dict[str, dict[str, dict]] = field(default_factory=dict)  # protocol -> metric -> {"mean", "sd", "values"}
+    p_values: dict[str, dict[str, float]] = field(default_factory=dict)  # other model -> protocol -> p on nDCG@10
+    candidates: list[Candidate] = field(default_factory=list)  # the chosen one first
+    defaults: dict = field(default_factory=dict)  # the model's defaults retrained: retrain.spread, or one fit
+    notes: list[str] = field(default_factory=list)  # warnings: a range too narrow, a trial still improving
+    tried: dict[float, float] = field(default_factory=dict)  # tuned here (EASE): each weight's validation metric
 
     @property
     def label(self) -> str:
         return LABELS[self.model]
 
+    @property
+    def seeds(self) -> dict:
+        """The chosen configuration's retrains (empty when there were none)."""
+        return self.candidates[0].runs if self.candidates else {}
+
+    def as_record(self) -> dict:
+        """What evaluation.json keeps: everything but the per-user arrays."""
+        return {key: value for key, value in asdict(self).items() if key != "per_user"}
+
 
 def same_budget(first: SearchRecord, second: SearchRecord) -> bool:
-    """Whether two searches had the same data, trials, epochs, seed and strategy (the model may differ)."""
+    """Whether two searches had the same data, trials, epochs, patience, seed and strategy (the model may differ)."""
     def budget(record: SearchRecord) -> tuple:
         s = record.settings
-        return (record.fingerprint, s.num_samples, s.max_epochs, s.grace_period, s.seed, s.searcher, s.scheduler)
+        return (record.fingerprint, s.num_samples, s.max_epochs, s.patience, s.grace_period, s.seed, s.searcher,
+                s.scheduler)
     return budget(first) == budget(second)
 
 
 def baseline_name(lrml_name: str, model: str) -> str:
     """The experiment name a baseline's search gets beside the LRML search ``lrml_name``."""
-    stem = lrml_name[:-len("-lrml")] if lrml_name.endswith("-lrml") else lrml_name
-    return f"{stem}-{model}"
+    stem, found, suffix = lrml_name.rpartition("-lrml")
+    return f"{stem}-{model}{suffix}" if found else f"{lrml_name}-{model}"
 
 
 def find_baseline(lrml_location: str, lrml: SearchRecord, model: str) -> str | None:
@@ -84,19 +109,65 @@ def find_baseline(lrml_location: str, lrml: SearchRecord, model: str) -> str | N
 
 
 def baseline_search_args(lrml_location: str, lrml: SearchRecord, model: str) -> list[str]:
-    """The ``tune/search.py`` arguments that search ``model`` on LRML's budget, beside the LRML search."""
+    """The ``tune/search.py`` arguments that search ``model`` on LRML's budget, beside the LRML search, with the
+    same resources and tracking."""
     parent, lrml_name = lrml_location.rstrip("/").rsplit("/", 1)
     s = lrml.settings
     args = ["--model", model, "--name", baseline_name(lrml_name, model), "--storage-path", parent,
             "--dataset", s.dataset, "--num-samples", str(s.num_samples), "--max-epochs", str(s.max_epochs),
-            "--grace-period", str(s.grace_period), "--seed", str(s.seed), "--searcher", s.searcher,
-            "--scheduler", s.scheduler, "--workers-per-trial", str(s.workers_per_trial),
+            "--patience", str(s.patience), "--grace-period", str(s.grace_period), "--seed", str(s.seed),
+            "--searcher", s.searcher, "--scheduler", s.scheduler, "--workers-per-trial", str(s.workers_per_trial),
             "--cpus-per-worker", f"{s.cpus_per_worker:g}", "--gpus-per-worker", f"{s.gpus_per_worker:g}",
-            "--max-failures", str(s.max_failures)]
-    for flag, value in (("--data-dir", s.data_dir), ("--concurrency", s.concurrency), ("--address", s.address)):
+            "--max-failures", str(s.max_failures), "--worker-start-timeout", f"{s.worker_start_timeout:g}"]
+    for flag, value in (("--data-dir", s.data_dir), ("--concurrency", s.concurrency), ("--address", s.address),
+                        ("--node-ip-address", s.node_ip_address)):
         if value is not None:
             args += [flag, str(value)]
-    return args
+    if s.mlflow is not None:
+        args += ["--mlflow", s.mlflow] if s.mlflow else ["--mlflow"]
+    return args + (["--wandb"] if s.wandb else [])
+
+
+def candidates(experiment: Experiment, count: int, dataset_path: str) -> list[Candidate]:
+    """The search's ``count`` best distinct configurations, each retrained with ``RETRAIN_SEEDS``, the one
+    with the best mean validation metric first (ties: the search's order)."""
+    top: list[TrialSummary] = []
+    for trial in experiment.trials:
+        if len(top) < count and all(trial.config != kept.config for kept in top):
+            top.append(trial)
+    configs = [[replace(train_config(experiment, trial), seed=seed) for seed in RETRAIN_SEEDS] for trial in top]
+    finals = retrain([config for group in configs for config in group], dataset_path,
+                     f"{experiment.record.settings.model}: {len(top)} configuration(s) x {len(RETRAIN_SEEDS)} seeds")
+    found = [Candidate(trial.trial_id, trial.config, trial.valid[MONITOR],
+                       spread(finals[index * len(RETRAIN_SEEDS):(index + 1) * len(RETRAIN_SEEDS)]))
+             for index, trial in enumerate(top)]
+    return sorted(found, key=lambda candidate: -monitored(candidate.runs)) if finals else found
+
+
+def train_config(experiment: Experiment, trial: TrialSummary) -> TrainConfig:
+    """The full training configuration of a trial: the model's defaults with the search's budget and the trial's
+    searched values."""
+    s = experiment.record.settings
+    return replace(defaults(s.model), max_epochs=s.max_epochs, patience=s.patience, **trial.config)
+
+
+def defaults_runs(model: str, max_epochs: int, patience: int, dataset_path: str) -> dict:
+    """The model's defaults (``lrml.train.DEFAULTS``) trained to convergence with ``RETRAIN_SEEDS``: what not
+    searching gives. ``max_epochs`` and ``patience`` are the search's, or more."""
+    config = replace(defaults(model), max_epochs=max_epochs, patience=patience)
+    finals = retrain([replace(config, seed=seed) for seed in RETRAIN_SEEDS], dataset_path, f"{model} defaults")
+    return {"config": asdict(config), **spread(finals)}
+
+
+def notes_for(experiment: Experiment, chosen: Candidate) -> list[str]:
+    """Warnings on a chosen configuration: values at the ends of their ranges; a trial that was still improving."""
+    settings = experiment.record.settings
+    notes = [f"{line}: a wider range may do better" for line in at_edges(settings.space, chosen.config)]
+    trial = next(trial for trial in experiment.trials if trial.trial_id == chosen.trial)
+    if trial.best_epoch == trial.epochs:
+        notes.append(f"trial {trial.trial_id} was still improving at its last epoch ({trial.epochs} of "
+                     f"--max-epochs {settings.max_epochs})")
+    return notes
 
 
 def evaluate(model: Recommender, evaluator: Evaluator, name: str, tuned_by: str | None, trial: str | None,
@@ -110,35 +181,25 @@ def evaluate(model: Recommender, evaluator: Evaluator, name: str, tuned_by: str 
 
 
 def add_paired_tests(results: list[ModelResult]) -> None:
-    """Each model's p-value against LRML on per-user test nDCG@10, in both protocols."""
-    lrml = next(result for result in results if result.model == "lrml")
+    """Each model's p-value against every other on per-user test nDCG@10, in both protocols."""
     for result in results:
-        if result is not lrml:
-            result.p_vs_lrml = {protocol: paired_randomization_test(lrml.per_user[protocol][TESTED_METRIC],
-                                                                    result.per_user[protocol][TESTED_METRIC])
-                                for protocol in PROTOCOLS}
+        result.p_values = {other.model: {protocol: paired_randomization_test(
+            result.per_user[protocol][TESTED_METRIC], other.per_user[protocol][TESTED_METRIC])
+            for protocol in PROTOCOLS} for other in results if other is not result}
 
 
-def add_seed_runs(results: list[ModelResult], dataset_path: str) -> None:
-    """Retrain every trainable model's configuration with ``RETRAIN_SEEDS``; mean and sd of its test metrics."""
-    jobs = [(result, replace(TrainConfig(**result.config), seed=seed))
-            for result in results if result.model != "pop" for seed in RETRAIN_SEEDS]
-    workers = max(1, min(len(jobs), os.cpu_count() or 1))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        finals = list(pool.map(_retrain, [config for _, config in jobs], [dataset_path] * len(jobs)))
-    for result in results:
-        if result.model == "pop":
-            continue
-        mine = [final for (owner, _), final in zip(jobs, finals) if owner is result]
-        result.seeds = {protocol: {metric: _spread([final["test"][protocol][metric] for final in mine])
-                                   for metric in METRICS} for protocol in PROTOCOLS}
+def drop(result: ModelResult, protocol: str = "sampled") -> dict[str, float]:
+    """How far nDCG@10 falls from validation to test: for the evaluated checkpoint, and over the retrains."""
+    found = {"checkpoint": result.valid[protocol][TESTED_METRIC] - result.test[protocol][TESTED_METRIC]["mean"]}
+    if result.seeds:
+        found["retrains"] = (result.seeds["valid"][protocol][TESTED_METRIC]["mean"]
+                             - result.seeds["test"][protocol][TESTED_METRIC]["mean"])
+    return found
 
 
-def _retrain(config: TrainConfig, dataset_path: str) -> dict:
-    """One training run in a worker process (one thread: the pool runs one per core)."""
-    torch.set_num_threads(1)
-    return Trainer(config, load_dataset(dataset_path)).fit().final
+def load_trial(experiment: Experiment, trial_id: str, fingerprint: str, scratch: Path) -> Recommender:
+    """The model of a trial's best checkpoint, loaded with lrml alone."""
+    trial = next(trial for trial in experiment.trials if trial.trial_id == trial_id)
+    model, _ = checkpoint.load(experiment.fetch_checkpoint(trial, scratch), expected_fingerprint=fingerprint)
+    return model
 
-
-def _spread(values: list[float]) -> dict:
-    return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)), "values": values}

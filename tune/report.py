@@ -12,9 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lrml.train import MONITOR  # noqa: E402
-from lrml_tune.compare import LABELS, RETRAIN_SEEDS, ModelResult  # noqa: E402
+from lrml_tune.compare import LABELS, RETRAIN_SEEDS, ModelResult, drop  # noqa: E402
 from lrml_tune.settings import SearchRecord  # noqa: E402
-from lrml_tune.space import Param  # noqa: E402
+from lrml_tune.space import Param, field_distributions  # noqa: E402
 from lrml_tune.stats import RESAMPLES  # noqa: E402
 
 PROTOCOL = ("Leave-one-out by time (latest interaction = test, second latest = validation); "
@@ -25,14 +25,16 @@ SIGNIFICANCE = 0.05
 
 def write_summary(out: Path, records: dict[str, SearchRecord], results: list[ModelResult],
                   lrml_trials: pd.DataFrame) -> None:
-    """summary.md: how each model was searched, its test metrics with intervals and p-values, seeds, verdict."""
+    """summary.md: how each model was tuned, its test metrics with intervals and p-values, the configuration
+    chosen and how, tuned against defaults, warnings, and a verdict."""
     lrml = records["lrml"].settings
     users = len(results[0].per_user["sampled"]["ndcg@10"])
-    lines = [f"# `{out.name}`: LRML against baselines tuned with the same budget", "",
-             f"Dataset **{lrml.dataset}** (prepared fingerprint `{records['lrml'].fingerprint}`), seed {lrml.seed}. "
-             f"Each model: {lrml.num_samples} trials of up to {lrml.max_epochs} epochs (early stopping: patience 5), "
-             f"{lrml.searcher} searcher, {lrml.scheduler} scheduler (grace period {lrml.grace_period}), "
-             f"{lrml.workers_per_trial} worker(s) per trial.", ""]
+    lines = [f"# `{out.name}`: LRML against baselines tuned with the same care", "",
+             f"Dataset **{lrml.dataset}** (prepared fingerprint `{records['lrml'].fingerprint}`), search seed "
+             f"{lrml.seed}. Each searched model: {lrml.num_samples} trials of up to {lrml.max_epochs} epochs "
+             f"(patience {lrml.patience}), {lrml.searcher} searcher, {lrml.scheduler} scheduler (grace period "
+             f"{lrml.grace_period}), {lrml.workers_per_trial} worker(s) per trial. EASE: its one weight searched "
+             "on validation by `tune/ease.py`. Popularity: nothing to tune.", ""]
     for model, record in records.items():
         outcome = record.outcome
         if outcome is not None:
@@ -43,33 +45,27 @@ def write_summary(out: Path, records: dict[str, SearchRecord], results: list[Mod
     missing = [LABELS[model] for model in ("cml", "bpr") if model not in records]
     if missing:
         lines.append(f"- Not compared: {', '.join(missing)} (no search with this budget was found).")
-    lines += ["", PROTOCOL, "", "## Test metrics of each search's best checkpoint", "",
+    lines += ["", PROTOCOL, "", "## Test metrics of each model's chosen checkpoint", "",
               "| model | trial | valid nDCG@10 | sampled HR@10 | sampled nDCG@10 | p vs LRML | full HR@10 | "
               "full nDCG@10 | p vs LRML |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         cells = [r.label, r.trial or "", f"{r.valid['sampled']['ndcg@10']:.4f}"]
         for protocol in ("sampled", "full"):
             cells += [_with_ci(r.test[protocol]["hr@10"]), _with_ci(r.test[protocol]["ndcg@10"]),
-                      _p(r.p_vs_lrml.get(protocol))]
+                      _p(r.p_values.get("lrml", {}).get(protocol))]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Brackets: 95% percentile bootstrap interval over the {users} test users ({RESAMPLES:,} resamples). "
-              f"p: two-sided paired randomisation test against LRML on per-user nDCG@10 ({RESAMPLES:,} sign flips).", ""]
-    if any(r.seeds for r in results):
-        lines += [f"## Each best configuration retrained with seeds {', '.join(map(str, RETRAIN_SEEDS))}", "",
-                  "Test metrics, mean ± sd over the seeds (same epochs budget and early stopping as the search); "
-                  "the spread is training noise, to set beside the differences between models.", "",
-                  "| model | sampled HR@10 | sampled nDCG@10 | full HR@10 | full nDCG@10 |", "|---|---:|---:|---:|---:|"]
-        for r in results:
-            if r.seeds:
-                lines.append("| " + " | ".join([r.label] + [
-                    f"{r.seeds[p][m]['mean']:.4f} ± {r.seeds[p][m]['sd']:.4f}"
-                    for p in ("sampled", "full") for m in ("hr@10", "ndcg@10")]) + " |")
-        lines.append("")
-    lines += ["## Verdict", "", *verdict(results), "", "## Best configurations", ""]
+              f"p: two-sided paired randomisation test on per-user nDCG@10 ({RESAMPLES:,} sign flips).", ""]
+    lines += tuned_against_defaults(results) + selection(results) + ["## Verdict", "", *verdict(results), ""]
+    warned = [(r.label, note) for r in results for note in r.notes]
+    if warned:
+        lines += ["## Warnings", ""] + [f"- {label}: {note}" for label, note in warned] + [""]
+    lines += ["## Chosen configurations", ""]
     for r in results:
         if r.config:
-            searched = records[r.model].settings.space
-            lines.append(f"- {r.label}: " + ", ".join(f"`{name}={_short(r.config[name])}`" for name in searched))
+            shown = r.config if r.model not in records else {name: r.config[name] for name in _fields(records[r.model])
+                                                             if name in r.config}
+            lines.append(f"- {r.label}: " + ", ".join(f"`{name}={_short(value)}`" for name, value in shown.items()))
     found = importances(lrml_trials, lrml.space)
     if found:
         lines += ["", "LRML hyperparameter importance (Optuna PED-ANOVA over its trials' best validation nDCG@10): "
@@ -78,41 +74,94 @@ def write_summary(out: Path, records: dict[str, SearchRecord], results: list[Mod
     (out / "summary.md").write_text("\n".join(lines))
 
 
+def tuned_against_defaults(results: list[ModelResult]) -> list[str]:
+    """The table that says whether tuning paid: the chosen configuration's retrains against the defaults'."""
+    rows = [r for r in results if r.defaults]
+    if not rows:
+        return []
+    seeds = ", ".join(map(str, RETRAIN_SEEDS))
+    lines = ["## Tuned against not tuning", "",
+             f"Test nDCG@10, mean ± sd over seeds {seeds}: the chosen configuration retrained, and the model's "
+             "defaults (`lrml.train.DEFAULTS`) trained to convergence with the same seeds (EASE: one fit of "
+             "its default weight, deterministic).", "",
+             "| model | tuned, sampled | defaults, sampled | difference | tuned, full | defaults, full | difference |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cells = [r.label]
+        for protocol in ("sampled", "full"):
+            tuned = r.seeds["test"][protocol]["ndcg@10"] if r.seeds else {"mean": r.test[protocol]["ndcg@10"]["mean"]}
+            base = r.defaults["test"][protocol]["ndcg@10"]
+            cells += [_mean_sd(tuned), _mean_sd(base), f"{tuned['mean'] - base['mean']:+.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def selection(results: list[ModelResult]) -> list[str]:
+    """How each search's configuration was chosen, and how far it fell from validation to test."""
+    searched = [r for r in results if r.candidates]
+    if not searched:
+        return []
+    lines = ["## How each configuration was chosen", "",
+             f"The search's top {max(len(r.candidates) for r in searched)} distinct configurations by validation "
+             f"nDCG@10, each retrained with seeds {', '.join(map(str, RETRAIN_SEEDS))}; the best mean validation "
+             "nDCG@10 is chosen (first row). Drop: validation minus test, sampled nDCG@10.", "",
+             "| model | trial | search's valid | retrains' valid | retrains' test, sampled | retrains' test, full |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in searched:
+        for index, candidate in enumerate(r.candidates):
+            runs = candidate.runs
+            lines.append(f"| {r.label if index == 0 else ''} | {candidate.trial}{' (chosen)' if index == 0 else ''} | "
+                         f"{candidate.search_valid:.4f} | {_mean_sd(runs['valid']['sampled']['ndcg@10'])} | "
+                         f"{_mean_sd(runs['test']['sampled']['ndcg@10'])} | {_mean_sd(runs['test']['full']['ndcg@10'])} |")
+    lines += ["", "| model | drop of the checkpoint | drop over the retrains |", "|---|---:|---:|"]
+    for r in searched:
+        found = drop(r)
+        lines.append(f"| {r.label} | {found['checkpoint']:+.4f} | {found.get('retrains', float('nan')):+.4f} |")
+    return lines + [""]
+
+
 def verdict(results: list[ModelResult]) -> list[str]:
-    """Plain sentences: which model wins on test nDCG@10 in each protocol, by how much, and whether it is significant."""
-    lrml = next(r for r in results if r.model == "lrml")
+    """Plain sentences: which model wins on test nDCG@10 in each protocol, by how much over each other model,
+    and whether that is significant."""
     lines = []
     for protocol in ("sampled", "full"):
         ranked = sorted(results, key=lambda r: r.test[protocol]["ndcg@10"]["mean"], reverse=True)
-        lines.append(f"- **{protocol.capitalize()} protocol**: best test nDCG@10 is {ranked[0].label} "
-                     f"({ranked[0].test[protocol]['ndcg@10']['mean']:.4f}).")
-        for r in results:
-            if r is lrml or r.model == "pop":
-                continue
-            ours, theirs = lrml.test[protocol]["ndcg@10"]["mean"], r.test[protocol]["ndcg@10"]["mean"]
-            p = r.p_vs_lrml[protocol]
+        winner = ranked[0]
+        best = winner.test[protocol]["ndcg@10"]["mean"]
+        lines.append(f"- **{protocol.capitalize()} protocol**: {winner.label} has the best test nDCG@10 ({best:.4f}).")
+        for r in ranked[1:]:
+            theirs, p = r.test[protocol]["ndcg@10"]["mean"], winner.p_values[r.model][protocol]
             judged = "significant" if p < SIGNIFICANCE else "not significant"
-            lines.append(f"  LRML {ours:.4f} vs {r.label} {theirs:.4f}: LRML {'+' if ours >= theirs else '−'}"
-                         f"{abs(ours - theirs):.4f} ({100 * (ours - theirs) / theirs:+.1f}%), p = {p:.3g}, "
-                         f"{judged} at {SIGNIFICANCE}.")
+            lines.append(f"  Against {r.label} ({theirs:.4f}): +{best - theirs:.4f} "
+                         f"({100 * (best - theirs) / theirs:+.1f}%), p = {p:.3g}, {judged} at {SIGNIFICANCE}.")
     return lines
 
 
 def importances(table: pd.DataFrame, space: dict[str, Param]) -> dict[str, float]:
-    """PED-ANOVA importance (Optuna) of each searched hyperparameter for reaching the top trials."""
-    if len(table) < 4:
+    """PED-ANOVA importance (Optuna) of each searched field that every trial has, for reaching the top trials."""
+    distributions = {name: distribution for name, distribution in field_distributions(space).items()
+                     if name in table and table[name].notna().all()}
+    if len(table) < 4 or not distributions:
         return {}
     study = optuna.create_study(direction="maximize")
-    distributions = {name: param.distribution() for name, param in space.items()}
     for _, row in table.iterrows():
-        params = {name: getattr(row[name], "item", lambda: row[name])() for name in space}
+        params = {name: getattr(row[name], "item", lambda: row[name])() for name in distributions}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(row[MONITOR])))
     return optuna.importance.get_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+
+
+def _fields(record: SearchRecord) -> list[str]:
+    """The trainer fields a search searched, in the order of its space."""
+    return list(dict.fromkeys(param.sets for param in record.settings.space.values()))
 
 
 def _with_ci(value: dict) -> str:
     low, high = value["ci95"]
     return f"{value['mean']:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def _mean_sd(value: dict) -> str:
+    return f"{value['mean']:.4f} ± {value['sd']:.4f}" if "sd" in value else f"{value['mean']:.4f}"
 
 
 def _p(value: float | None) -> str:
@@ -141,13 +190,14 @@ def write_plots(out: Path, searches: dict, results: list[ModelResult]) -> None:
     plt.close(figure)
 
     lrml = searches["lrml"]
-    table, searched = lrml.table(), list(lrml.record.settings.space)
+    table, searched = lrml.table(), [name for name in _fields(lrml.record) if name in lrml.table()]
     columns = min(3, len(searched))
     rows = -(-len(searched) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), sharey=True, squeeze=False)
     for axis, name in zip(axes.flat, searched):
-        points = axis.scatter(table[name], table[MONITOR], s=14, c=table["epochs"], cmap="viridis")
-        if lrml.record.settings.space[name].kind == "loguniform":
+        values = table[name].map(lambda value: str(value) if isinstance(value, (bool, str)) else value)
+        points = axis.scatter(values, table[MONITOR], s=14, c=table["epochs"], cmap="viridis")
+        if any(param.kind == "loguniform" for param in lrml.record.settings.space.values() if param.sets == name):
             axis.set_xscale("log")
             axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set(xlabel=name)

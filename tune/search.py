@@ -30,13 +30,13 @@ from lrml_tune.local_ray import exclusive_local_ray
 from lrml_tune.resources import plan_resources
 from lrml_tune.searcher import STUDY_FILE
 from lrml_tune.settings import SearchOutcome, SearchRecord, SearchSettings
-from lrml_tune.space import default_space_file, load_space
-from lrml_tune.strategy import DEFAULT_GRACE_PERIOD, DEFAULT_SCHEDULER, DEFAULT_SEARCHER, SCHEDULERS, SEARCHERS
+from lrml_tune.space import at_edges, default_space_file, load_space
+from lrml_tune.strategy import SCHEDULERS, SEARCHERS
 from lrml_tune.tuner import build_tuner, finished, summarize, trial_spec
 from lrml_tune.watch import LOG_FILE, check_loggers, mlflow_uri, send_ray_output_to
 
 DEFAULT_STORAGE = Path("results") / "ray"  # under the folder the search is started from (the clone's root)
-SEARCHABLE_MODELS = tuple(model for model in MODELS if model != "pop")
+SEARCHABLE_MODELS = tuple(model for model in MODELS if model not in ("ease", "pop"))  # best.py tunes EASE itself
 # Ray swaps 127.0.0.1 for the machine's network address; on Linux every 127.x.y.z is loopback, so a
 # local search registers on 127.0.0.2 and listens on nothing outside the machine. Elsewhere
 # (macOS has only 127.0.0.1), Ray chooses.
@@ -46,17 +46,25 @@ LOCAL_NODE_IP = "127.0.0.2" if sys.platform.startswith("linux") else None
 def parse_args(argv: list[str] | None = None) -> tuple[SearchSettings, bool]:
     """The search's settings from the command line, and whether to resume; ``--resume`` reads them back instead."""
     parser = argparse.ArgumentParser(prog="python tune/search.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--num-samples", type=int, default=64, help="trials to run (default 64)")
-    parser.add_argument("--model", choices=SEARCHABLE_MODELS, default="lrml", help="the model to tune (default lrml)")
-    parser.add_argument("--dataset", default="ml-latest-small", help="MovieLens release (default: the bundled ml-latest-small)")
+    defaults = SearchSettings
+    parser.add_argument("--num-samples", type=int, default=defaults.num_samples,
+                        help=f"trials to run (default {defaults.num_samples})")
+    parser.add_argument("--model", choices=SEARCHABLE_MODELS, default=defaults.model,
+                        help=f"the model to tune (default {defaults.model})")
+    parser.add_argument("--dataset", default=defaults.dataset,
+                        help=f"MovieLens release (default: the bundled {defaults.dataset})")
     parser.add_argument("--data-dir", help="the release's archive or extracted folder (default: bundled copy or download)")
-    parser.add_argument("--max-epochs", type=int, default=20, help="epochs a trial may train if not stopped (default 20)")
-    parser.add_argument("--searcher", choices=SEARCHERS, default=DEFAULT_SEARCHER,
-                        help=f"how configurations are proposed (default {DEFAULT_SEARCHER})")
-    parser.add_argument("--scheduler", choices=SCHEDULERS, default=DEFAULT_SCHEDULER,
-                        help=f"how weak trials are stopped early (default {DEFAULT_SCHEDULER})")
+    parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs,
+                        help=f"epochs a trial may train if not stopped (default {defaults.max_epochs})")
+    parser.add_argument("--patience", type=int, default=defaults.patience,
+                        help=f"a trial ends after this many epochs without a better validation nDCG@10 "
+                             f"(default {defaults.patience})")
+    parser.add_argument("--searcher", choices=SEARCHERS, default=defaults.searcher,
+                        help=f"how configurations are proposed (default {defaults.searcher})")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default=defaults.scheduler,
+                        help=f"how weak trials are stopped early (default {defaults.scheduler})")
     parser.add_argument("--grace-period", type=int,
-                        help=f"epochs every trial gets before it may be stopped (default {DEFAULT_GRACE_PERIOD}, "
+                        help=f"epochs every trial gets before it may be stopped (default {defaults.grace_period}, "
                              "or --max-epochs if fewer)")
     parser.add_argument("--address", help="Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray")
     parser.add_argument("--storage-path",
@@ -64,19 +72,21 @@ def parse_args(argv: list[str] | None = None) -> tuple[SearchSettings, bool]:
     parser.add_argument("--name", help="experiment name (default: <dataset>-<model>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted search --name in --storage-path, with the settings it started with")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the searcher and every trial's training")
-    parser.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (data parallel)")
-    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seeds the searcher and every trial's training")
+    parser.add_argument("--workers-per-trial", type=int, default=defaults.workers_per_trial,
+                        help="Ray Train workers per trial (data parallel)")
+    parser.add_argument("--cpus-per-worker", type=float, default=defaults.cpus_per_worker)
+    parser.add_argument("--gpus-per-worker", type=float, default=defaults.gpus_per_worker)
     parser.add_argument("--concurrency", type=int,
                         help="trials at once (default: as many as the cluster holds now; set it on a cluster that "
                              "autoscales, which then adds the nodes these trials need)")
     parser.add_argument("--space", help="search space JSON (default tune/spaces/<model>.json)")
-    parser.add_argument("--max-failures", type=int, default=2,
-                        help="restarts of a trial after a worker or node fails, from its last checkpoint (default 2)")
-    parser.add_argument("--worker-start-timeout", type=float, default=600.0,
-                        help="seconds a trial's Ray Train workers may take to start before the attempt fails "
-                             "(default 600; an autoscaling cluster adds nodes meanwhile)")
+    parser.add_argument("--max-failures", type=int, default=defaults.max_failures,
+                        help=f"restarts of a trial after a worker or node fails, from its last checkpoint "
+                             f"(default {defaults.max_failures})")
+    parser.add_argument("--worker-start-timeout", type=float, default=defaults.worker_start_timeout,
+                        help=f"seconds a trial's Ray Train workers may take to start before the attempt fails "
+                             f"(default {defaults.worker_start_timeout:g}; an autoscaling cluster adds nodes meanwhile)")
     parser.add_argument("--node-ip-address", help="this machine's address in the cluster, if Ray picks the wrong one")
     parser.add_argument("--mlflow", nargs="?", const="", metavar="TRACKING_URI",
                         help="log every trial to MLflow (default store: mlflow.db in the experiment folder)")
@@ -94,8 +104,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[SearchSettings, bool]:
     settings = SearchSettings(
         name=name, storage_path=storage, dataset=args.dataset,
         data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None, model=args.model,
-        num_samples=args.num_samples, max_epochs=args.max_epochs,
-        grace_period=min(DEFAULT_GRACE_PERIOD, max(args.max_epochs, 1)) if args.grace_period is None else args.grace_period,
+        num_samples=args.num_samples, max_epochs=args.max_epochs, patience=args.patience,
+        grace_period=min(defaults.grace_period, max(args.max_epochs, 1)) if args.grace_period is None else args.grace_period,
         searcher=args.searcher, scheduler=args.scheduler, seed=args.seed, space_file=space_file,
         space=load_space(space_file), workers_per_trial=args.workers_per_trial, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, concurrency=args.concurrency, max_failures=args.max_failures,
@@ -199,6 +209,11 @@ def print_outcome(outcome: SearchOutcome, settings: SearchSettings) -> None:
         for name, value in outcome.best_config.items()))
     print("validation (sampled, best epoch {}): {}".format(
         outcome.best_epoch, ", ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in outcome.best_valid.items())))
+    if outcome.still_improving:
+        why = f"--max-epochs {settings.max_epochs}" if outcome.best_epoch == settings.max_epochs else "the scheduler"
+        print(f"warning: the best trial was still improving when {why} stopped it at epoch {outcome.best_epoch}")
+    for line in at_edges(settings.space, outcome.best_config):
+        print(f"warning: {line}: a wider range may find better")
     print(f"next: python tune/best.py {settings.experiment}")
 
 

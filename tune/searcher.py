@@ -17,7 +17,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from lrml_tune.space import Param
+from lrml_tune.space import Param, suggest
 
 STUDY_FILE = "optuna-study.journal"
 
@@ -33,12 +33,13 @@ def create_study(experiment: str, name: str, sampler: optuna.samplers.BaseSample
 
 
 class StudySearcher(Searcher):
-    """Suggest configurations from ``study``'s sampler over ``space``, starting with ``starting_points``."""
+    """Suggest configurations from ``study``'s sampler over ``space`` (asking only for the parameters that apply
+    to each configuration), starting with ``starting_points`` (study parameter names)."""
 
     def __init__(self, space: dict[str, Param], study: optuna.Study, metric: str, mode: str = "max",
                  starting_points: list[dict] = (), step: str = "epoch"):
         super().__init__(metric=metric, mode=mode)
-        self.distributions = {name: param.distribution() for name, param in space.items()}
+        self.space = space
         self.study = study
         self.step = step
         for point in starting_points:
@@ -48,10 +49,11 @@ class StudySearcher(Searcher):
         self.best: dict[str, float] = {}
 
     def suggest(self, trial_id: str) -> dict:
-        trial = self.study.ask(self.distributions)
+        trial = self.study.ask()
+        config = suggest(trial, self.space)
         trial.set_user_attr("tune_trial_id", trial_id)
         self.live[trial_id] = trial
-        return dict(trial.params)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._record(trial_id, result)

@@ -12,11 +12,12 @@ from pathlib import Path
 import pyarrow.fs
 
 from lrml.errors import UserError
+from lrml.train import TrainConfig
 from lrml_tune.space import Param
 from lrml_tune.strategy import DEFAULT_GRACE_PERIOD, DEFAULT_SCHEDULER, DEFAULT_SEARCHER
 
 RECORD_FILE = "lrml_search.json"
-RECORD_VERSION = 2
+RECORD_VERSION = 3  # 3: conditional space parameters (Param.sets, Param.when), patience
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class SearchSettings:
     data_dir: str | None = None
     model: str = "lrml"
     num_samples: int = 64
-    max_epochs: int = 20
+    max_epochs: int = TrainConfig.max_epochs
+    patience: int = TrainConfig.patience
     grace_period: int = DEFAULT_GRACE_PERIOD
     searcher: str = DEFAULT_SEARCHER
     scheduler: str = DEFAULT_SCHEDULER
@@ -67,8 +69,14 @@ class SearchOutcome:
     best_trial: str | None  # None when no trial reported a validation metric
     best_config: dict
     best_epoch: int
+    best_trial_epochs: int  # epochs the best trial trained; its best epoch is its last when it was still improving
     best_valid: dict[str, float]
     failures: dict[str, str] = field(default_factory=dict)  # trial folder -> why it failed
+
+    @property
+    def still_improving(self) -> bool:
+        """Whether the best trial's best epoch was the last it trained: more epochs might have helped it."""
+        return self.best_trial is not None and self.best_epoch == self.best_trial_epochs
 
     @property
     def training_share(self) -> float:

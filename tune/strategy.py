@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import optuna
@@ -23,9 +24,12 @@ HYPERBAND_BRACKETS = 3
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """TPE (multivariate, with a constant liar so concurrent trials spread out) or uniform random sampling."""
+    """TPE (multivariate, with a constant liar so concurrent trials spread out, and grouped so that parameters
+    that apply only under a condition are modelled with the trials that had them) or uniform random sampling."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group: experimental in Optuna 5.0
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise UserError(f"searcher {name!r}; expected one of {', '.join(SEARCHERS)}")

@@ -22,7 +22,8 @@ SCHEDULER_STATE_FILE = "scheduler-state.pickle"
 
 def trial_spec(settings: SearchSettings, dataset_path: Path, fingerprint: str) -> TrialSpec:
     """What every trial shares: the model's defaults with this search's budget and seed, the dataset, resources."""
-    base = replace(defaults(settings.model), max_epochs=settings.max_epochs, seed=settings.seed)
+    base = replace(defaults(settings.model), max_epochs=settings.max_epochs, patience=settings.patience,
+                   seed=settings.seed)
     return TrialSpec(base, DatasetRef(str(dataset_path), settings.dataset, settings.data_dir, fingerprint),
                      workers=settings.workers_per_trial, cpus_per_worker=settings.cpus_per_worker,
                      gpus_per_worker=settings.gpus_per_worker, ray_train=settings.workers_per_trial > 1,
@@ -85,6 +86,7 @@ def summarize(results: tune.ResultGrid, wall_seconds: float, search_started_at: 
         training_seconds=round(sum(float(frame["seconds"].sum()) for frame in frames), 1), concurrency=concurrency,
         best_trial=str(row["trial_id"]) if best is not None else None,
         best_config=best.config if best is not None else {}, best_epoch=int(row["epoch"]) if best is not None else 0,
+        best_trial_epochs=int(best.metrics_dataframe["epoch"].max()) if best is not None else 0,
         best_valid=valid_metrics(row) if best is not None else {}, failures=failures)
 
 
