@@ -1,13 +1,17 @@
-"""Time to quality of the search strategies: TPE or random sampling, with ASHA or without early
-stopping, the same number of trials each, several seeds, in one run on one machine.
+"""Quality and time to quality of the search strategies: TPE or random sampling, with ASHA (or without early
+stopping), the same number of trials each, several seeds, in one run on one machine.
 
-Each search is ``tune/search.py`` as a user runs it (its own local Ray, one after another). From
-every trial's reported epochs it records the best validation nDCG@10 reached against the search's
-wall time, then writes ``bench/search_efficiency.png``, ``bench/search_efficiency.csv`` and the table
-in ``bench/README.md``. The yardstick is random search without early stopping: how long each
-combination takes to reach that search's final best, seed by seed.
+Each search is ``tune/search.py`` as a user runs it (its own local Ray, one after another), with the
+search's default budget unless told otherwise. From every trial's reported epochs it records the best
+validation nDCG@10 reached against the search's wall time, then writes ``bench/search_efficiency.png``,
+``bench/search_efficiency.csv`` and the table in ``bench/README.md``: each combination's final best
+(mean over seeds), and how long each search took to reach its own final best and the lower of the
+combinations' mean finals.
 
-    python bench/search_efficiency.py                # ml-latest-small x 3 seeds x 64 trials, ml-100k x 1 x 32
+The searches are named as ``tune/best.py`` expects of LRML searches (``<dataset>-lrml-<searcher>-s<seed>``),
+so each one can be evaluated beside baselines searched the same way.
+
+    python bench/search_efficiency.py                # ml-latest-small x 3 seeds x 64 trials, TPE and random, ASHA
     python bench/search_efficiency.py --runs ml-latest-small:1:16                  # a quick look
 """
 from __future__ import annotations
@@ -31,15 +35,19 @@ from lrml_tune.settings import SearchRecord  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-COMBINATIONS = (("tpe", "asha"), ("tpe", "none"), ("random", "asha"), ("random", "none"))
-YARDSTICK = ("random", "none")
+COMBINATIONS = ("tpe+asha", "random+asha")
 DATA_DIRS = {"ml-100k": REPO.parent / "shared" / "data" / "ml-100k"}
 TABLE_START, TABLE_END = "<!-- search_efficiency: start -->", "<!-- search_efficiency: end -->"
 
 
+def search_name(dataset: str, searcher: str, scheduler: str, seed: int) -> str:
+    """``<dataset>-lrml-<searcher>[-<scheduler>]-s<seed>``: best.py finds its baselines as ``<dataset>-cml-...``."""
+    return f"{dataset}-lrml-{searcher}{'' if scheduler == 'asha' else '-' + scheduler}-s{seed}"
+
+
 def run_search(storage: Path, dataset: str, seed: int, searcher: str, scheduler: str, samples: int, args) -> Path:
     """One search, unless a finished one of that name is already in ``storage``; returns its folder."""
-    name = f"{dataset}-{searcher}-{scheduler}-s{seed}"
+    name = search_name(dataset, searcher, scheduler, seed)
     experiment = storage / name
     try:
         if SearchRecord.read(str(experiment)).outcome is not None:
@@ -48,7 +56,11 @@ def run_search(storage: Path, dataset: str, seed: int, searcher: str, scheduler:
         pass
     command = [sys.executable, str(REPO / "tune" / "search.py"), "--dataset", dataset, "--seed", str(seed),
                "--searcher", searcher, "--scheduler", scheduler, "--num-samples", str(samples),
-               "--max-epochs", str(args.max_epochs), "--name", name, "--storage-path", str(storage)]
+               "--name", name, "--storage-path", str(storage)]
+    for flag, value in (("--max-epochs", args.max_epochs), ("--patience", args.patience),
+                        ("--grace-period", args.grace_period)):
+        if value is not None:
+            command += [flag, str(value)]
     if dataset in DATA_DIRS:
         command += ["--data-dir", str(DATA_DIRS[dataset])]
     print(f"{name} ...", flush=True)
@@ -75,10 +87,13 @@ def time_to(curve: pd.DataFrame, target: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs="+", default=["ml-latest-small:3:64", "ml-100k:1:32"],
+    parser.add_argument("--runs", nargs="+", default=["ml-latest-small:3:64"],
                         help="DATASET:SEEDS:TRIALS, each seed one search of TRIALS trials per combination")
-    parser.add_argument("--max-epochs", type=int, default=20)
-    parser.add_argument("--storage", default=str(REPO / "results" / "ray" / "search-efficiency"))
+    parser.add_argument("--combinations", nargs="+", default=list(COMBINATIONS), help="SEARCHER+SCHEDULER")
+    parser.add_argument("--max-epochs", type=int, help="default: the search's")
+    parser.add_argument("--patience", type=int, help="default: the search's")
+    parser.add_argument("--grace-period", type=int, help="default: the search's")
+    parser.add_argument("--storage", default=str(REPO / "results" / "ray"))
     args = parser.parse_args()
     storage = Path(args.storage).resolve()
     storage.mkdir(parents=True, exist_ok=True)
@@ -86,20 +101,21 @@ def main() -> int:
     for run in args.runs:
         dataset, seeds, samples = run.split(":")
         for seed in range(int(seeds)):
-            for searcher, scheduler in COMBINATIONS:
+            for searcher, scheduler in (combination.split("+") for combination in args.combinations):
                 experiment = run_search(storage, dataset, seed, searcher, scheduler, int(samples), args)
                 outcome = SearchRecord.read(str(experiment)).outcome
                 curve = best_so_far(experiment)
                 curves[dataset, seed, searcher, scheduler] = curve
                 rows.append({"dataset": dataset, "seed": seed, "trials": int(samples), "searcher": searcher,
-                             "scheduler": scheduler,
-                             "final_best": curve["best"].iloc[-1], "search_seconds": outcome.search_seconds,
-                             "epochs": outcome.epochs_trained, "errors": outcome.errors})
+                             "scheduler": scheduler, "final_best": curve["best"].iloc[-1],
+                             "time_to_final": time_to(curve, curve["best"].iloc[-1]),
+                             "search_seconds": outcome.search_seconds, "epochs": outcome.epochs_trained,
+                             "errors": outcome.errors})
     table = pd.DataFrame(rows)
-    yardstick = table[(table.searcher == YARDSTICK[0]) & (table.scheduler == YARDSTICK[1])]
-    targets = {(r.dataset, r.seed): r.final_best for r in yardstick.itertuples()}
-    table["time_to_yardstick"] = [time_to(curves[r.dataset, r.seed, r.searcher, r.scheduler], targets[r.dataset, r.seed])
-                                  for r in table.itertuples()]
+    # a common target per dataset: the lowest of the combinations' mean final bests, which each can be timed to
+    targets = table.groupby(["dataset", "searcher", "scheduler"])["final_best"].mean().groupby("dataset").min()
+    table["time_to_target"] = [time_to(curves[r.dataset, r.seed, r.searcher, r.scheduler], targets[r.dataset])
+                               for r in table.itertuples()]
     table.to_csv(BENCH / "search_efficiency.csv", index=False, float_format="%.4f")
     plot(curves, table)
     write_table(table, args)
@@ -110,7 +126,8 @@ def plot(curves: dict, table: pd.DataFrame) -> None:
     datasets = list(dict.fromkeys(table["dataset"]))
     figure, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.2), squeeze=False)
     for axis, dataset in zip(axes[0], datasets):
-        for index, (searcher, scheduler) in enumerate(COMBINATIONS):
+        combinations = list(dict.fromkeys(zip(table["searcher"], table["scheduler"])))
+        for index, (searcher, scheduler) in enumerate(combinations):
             for (d, seed, s, c), curve in curves.items():
                 if (d, s, c) == (dataset, searcher, scheduler):
                     axis.step(curve["seconds"], curve["best"], where="post", color=f"C{index}", alpha=0.8,
@@ -127,19 +144,23 @@ def plot(curves: dict, table: pd.DataFrame) -> None:
 
 def write_table(table: pd.DataFrame, args) -> None:
     """The summary table (means over seeds) between the markers in bench/README.md."""
+    budget = " ".join(f"--{name.replace('_', '-')} {value}" for name in ("max_epochs", "patience", "grace_period")
+                      if (value := getattr(args, name)) is not None)
     lines = [TABLE_START, "",
-             f"`python bench/search_efficiency.py --runs {' '.join(args.runs)} --max-epochs {args.max_epochs}` on "
-             f"{os.cpu_count()} CPUs, one run. Each search: the trials below, of up to {args.max_epochs} epochs, "
-             "2 at a time. Yardstick: the final best of random search without early stopping of the same seed.", "",
-             "| dataset | searcher + scheduler | trials | seeds | final best valid nDCG@10 (mean ± sd) | epochs "
-             "| search seconds | seconds to the yardstick (per seed) | mean |", "|---|---|---:|---:|---:|---:|---:|---|---:|"]
+             f"`python bench/search_efficiency.py --runs {' '.join(args.runs)} --combinations "
+             f"{' '.join(args.combinations)}{' ' + budget if budget else ''}` on {os.cpu_count()} CPUs, one run; each "
+             "search 2 trials at a time, with the search's default budget unless named. Target: the lower of the "
+             "combinations' mean final bests on that dataset.", "",
+             "| dataset | searcher + scheduler | trials | seeds | final best valid nDCG@10 (mean ± sd; per seed) | epochs "
+             "| search seconds | seconds to its final best | seconds to the target (per seed) |",
+             "|---|---|---:|---:|---|---:|---:|---:|---|"]
     for (dataset, searcher, scheduler), group in table.groupby(["dataset", "searcher", "scheduler"], sort=False):
-        times = group["time_to_yardstick"].to_numpy()
+        finals = group["final_best"].to_numpy()
         lines.append(f"| {dataset} | {searcher} + {scheduler} | {group.trials.iloc[0]} | {len(group)} | "
-                     f"{group.final_best.mean():.4f} ± "
-                     f"{group.final_best.std(ddof=1) if len(group) > 1 else 0:.4f} | {group.epochs.mean():.0f} | "
-                     f"{group.search_seconds.mean():.0f} | {', '.join(_seconds(t) for t in times)} | "
-                     f"{_seconds(np.mean(times))} |")
+                     f"{finals.mean():.4f} ± {finals.std(ddof=1) if len(finals) > 1 else 0:.4f}; "
+                     f"{', '.join(f'{value:.4f}' for value in finals)} | {group.epochs.mean():.0f} | "
+                     f"{group.search_seconds.mean():.0f} | {_seconds(group.time_to_final.mean())} | "
+                     f"{', '.join(_seconds(t) for t in group.time_to_target)} |")
     lines += ["", TABLE_END]
     readme = BENCH / "README.md"
     text = readme.read_text() if readme.exists() else ""

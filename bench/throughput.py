@@ -2,9 +2,11 @@
 
 Both take the same random (user, positive, negative) batches and an Adam step per batch; the
 sketch regularises every parameter densely each step, lrml only the rows in the batch with
-sparse gradients. Also times lrml's full epoch (negative sampling included) on synthetic data.
+sparse gradients. ``--options`` times the training options (k negatives, the losses, the item bias,
+Adagrad) through the compiled pass and through autograd, the path other devices and variants take.
+Also times lrml's full epoch (negative sampling included) on synthetic data.
 
-    python bench/throughput.py [--batch-sizes 1024 8192] [--seconds 10]
+    python bench/throughput.py [--batch-sizes 1024 8192] [--seconds 10] [--options]
 """
 from __future__ import annotations
 
@@ -34,12 +36,22 @@ def load_sketch():
     return module.LRML
 
 
-def pairs_per_second(step, num_users: int, num_items: int, batch_size: int, seconds: float) -> float:
-    """Run ``step(users, pos, neg)`` on random batches for about ``seconds`` after warm-up."""
+# (name, LRMLConfig options, negatives per positive, optimizer)
+OPTIONS = (("hinge, 1 negative (the default)", {}, 1, "adam"),
+           ("hinge, 5 negatives", {}, 5, "adam"),
+           ("warp, 5 negatives", {"loss": "warp"}, 5, "adam"),
+           ("warp, 20 negatives", {"loss": "warp"}, 20, "adam"),
+           ("softmax, 20 negatives, item bias", {"loss": "softmax", "item_bias": True}, 20, "adam"),
+           ("hinge, 1 negative, Adagrad", {}, 1, "adagrad"))
+
+
+def pairs_per_second(step, num_users: int, num_items: int, batch_size: int, seconds: float, negatives: int = 1) -> float:
+    """Run ``step(users, pos, neg)`` on random batches for about ``seconds`` after warm-up: positive pairs per second."""
     g = torch.Generator().manual_seed(0)
+    shape = (batch_size,) if negatives == 1 else (batch_size, negatives)
     batches = [(torch.randint(0, num_users, (batch_size,), generator=g),
                 torch.randint(0, num_items, (batch_size,), generator=g),
-                torch.randint(0, num_items, (batch_size,), generator=g)) for _ in range(8)]
+                torch.randint(0, num_items, shape, generator=g)) for _ in range(8)]
     for b in batches[:3]:
         step(*b)
     done, start = 0, time.perf_counter()
@@ -60,13 +72,16 @@ def sketch_step(num_users, num_items, dim, memory):
     return step
 
 
-def lrml_step(num_users, num_items, dim, memory):
-    model = LRML(LRMLConfig(num_users, num_items, dim, memory, reg_weight=1e-4))
-    optimizer = Optimizer(model, "adam", 1e-3)
+def lrml_step(num_users, num_items, dim, memory, options: dict | None = None, optimizer_name: str = "adam",
+              autograd: bool = False):
+    """An lrml training step; ``autograd`` takes ``LRML.autograd_loss`` instead of the compiled pass."""
+    model = LRML(LRMLConfig(num_users, num_items, dim, memory, reg_weight=1e-4, **(options or {})))
+    optimizer = Optimizer(model, optimizer_name, 1e-3)
+    loss = model.autograd_loss if autograd else model
 
     def step(users, pos, neg):
         optimizer.zero_grad()
-        model(users, pos, neg).backward()
+        loss(users, pos, neg).backward()
         optimizer.step()
     return step
 
@@ -102,11 +117,16 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=100)
     parser.add_argument("--memory", type=int, default=20)
     parser.add_argument("--epoch", action="store_true", help="also time a full epoch at ml-1m shape")
+    parser.add_argument("--options", action="store_true",
+                        help="only the training options, compiled and through autograd, at ml-1m shape")
     args = parser.parse_args()
     if not SKETCH.exists():
         sys.exit(f"{SKETCH} not found; set LRML_SEED_SKETCH to the seed sketch")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"d={args.dim}, N={args.memory}")
+    if args.options:
+        time_options(args)
+        return 0
     print(f"{'shape':8} {'batch':>6} {'sketch pairs/s':>15} {'lrml pairs/s':>13} {'ratio':>7}")
     for shape, (num_users, num_items, _) in BENCH_SHAPES.items():
         for batch_size in args.batch_sizes:
@@ -121,6 +141,18 @@ def main() -> int:
             print(f"lrml full epoch at ml-1m shape (1,000,209 synthetic pairs, sampling included), batch {batch_size}: "
                   f"{rate:,.0f} pairs/s")
     return 0
+
+
+def time_options(args) -> None:
+    """Positive pairs per second of each training option at ml-1m shape, compiled and through autograd."""
+    num_users, num_items, _ = SHAPES["ml-1m"]
+    print(f"{'option':36} {'batch':>6} {'compiled pairs/s':>17} {'autograd pairs/s':>17} {'compiled / autograd':>20}")
+    for batch_size in args.batch_sizes:
+        for name, options, negatives, optimizer in OPTIONS:
+            found = [pairs_per_second(lrml_step(num_users, num_items, args.dim, args.memory, options, optimizer, autograd),
+                                      num_users, num_items, batch_size, args.seconds, negatives)
+                     for autograd in (False, True)]
+            print(f"{name:36} {batch_size:6d} {found[0]:17,.0f} {found[1]:17,.0f} {found[0] / found[1]:19.1f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lrml import losses
-from lrml.model import Recommender
+from lrml.model import Recommender, lookup_distinct
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,20 @@ class BPRMF(Recommender):
             self.item_bias.weight.zero_()
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
+        """Each distinct row looked up once (``lookup_distinct``): its gradient needs no sorting or summing after."""
         neg_items = losses.as_negatives(neg_items)
-        p = self.user_embedding(users)
-        q, q_neg = self.item_embedding(pos_items), self.item_embedding(neg_items)  # (batch, d), (batch, k, d)
-        b, b_neg = self.item_bias(pos_items).squeeze(-1), self.item_bias(neg_items).squeeze(-1)
-        pos, neg = (p * q).sum(-1) + b, torch.einsum("bd,bkd->bk", p, q_neg) + b_neg
+        batch, k = neg_items.shape
+        (user_rows,), user_of, user_counts = lookup_distinct(users, self.user_embedding)
+        (item_rows, bias_rows), item_of, item_counts = lookup_distinct(torch.cat([pos_items, neg_items.reshape(-1)]),
+                                                                       self.item_embedding, self.item_bias)
+        p, vectors, bias = user_rows[user_of], item_rows[item_of], bias_rows[item_of].squeeze(1)
+        q, q_neg = vectors[:batch], vectors[batch:].view(batch, k, -1)
+        pos = (p * q).sum(-1) + bias[:batch]
+        neg = torch.einsum("bd,bkd->bk", p, q_neg) + bias[batch:].view(batch, k)
         config = self.config
         ranking = losses.pair_losses(pos, neg, config.loss, 0.0, config.temperature, config.num_items).sum()
-        l2 = sum(t.pow(2).sum() for t in (p, q, q_neg, b, b_neg))
+        l2 = sum((rows.pow(2).sum(1) * counts).sum() for rows, counts in
+                 ((user_rows, user_counts), (item_rows, item_counts), (bias_rows, item_counts)))
         return ranking + 0.5 * config.reg_weight * l2
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -61,10 +61,10 @@ def test_tpe_learns_over_the_conditional_space():
 
 def test_values_at_the_ends_of_a_range_are_named():
     space = load_space(default_space_file("lrml"))
-    found = at_edges(space, {"embedding_dim": 256, "memory_size": 20, "loss": "softmax", "temperature": 0.0101,
+    found = at_edges(space, {"embedding_dim": 256, "memory_size": 20, "loss": "softmax", "temperature": 0.0021,
                              "optimizer": "adagrad", "lr": 0.2, "reg_weight": 0.001, "batch_size": 1024})
     assert found == ["embedding_dim=256 is the highest the space allows [32, 64, 100, 128, 256]",
-                     "temperature=0.0101 is the lowest the space allows [0.01, 1] when loss is softmax"]
+                     "temperature=0.0021 is the lowest the space allows [0.002, 1] when loss is softmax"]
 
 
 @pytest.mark.parametrize("text, message", [

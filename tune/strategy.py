@@ -18,7 +18,7 @@ from lrml.errors import UserError
 SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "hyperband", "none")
 DEFAULT_SEARCHER, DEFAULT_SCHEDULER = "random", "asha"  # the fastest to quality in bench/search_efficiency.py
-DEFAULT_GRACE_PERIOD = 4  # epochs; grace 2 pruned slow learners that end best (bench/search_efficiency.py)
+DEFAULT_GRACE_PERIOD = 4  # epochs: the least that kept the best of 64 configurations (bench/budget.py)
 REDUCTION_FACTOR = 3
 HYPERBAND_BRACKETS = 3
 
