@@ -159,6 +159,64 @@ def _score_gradients(pos, neg, kind, margin, temperature, num_items, grads):
     return loss
 
 
+@numba.njit(**KERNEL)
+def _relation(pq, keys_t, memory, attention, t):
+    """The pair's attention over the memory slots, ``softmax(pq K)``, and its relation added to ``t``:
+    ``t += attention M``."""
+    _project(pq, keys_t, attention)
+    top, total = attention.max(), np.float32(0.0)
+    for n in range(len(attention)):
+        attention[n] = np.exp(attention[n] - top)
+        total += attention[n]
+    for n in range(len(attention)):
+        attention[n] /= total
+    _combine(attention, memory, t)
+
+
+@numba.njit(**KERNEL)
+def _relation_backward(toward, attention, keys_t, memory, d_logits, d_pq):
+    """Back through the relation, from ``toward`` (the gradient at ``t``): the gradient at the attention logits,
+    ``attention * (M toward - mean)``, and at ``p * q``, ``K d_logits``."""
+    _project(toward, memory, d_logits)
+    weighted = np.float32(0.0)
+    for n in range(len(attention)):
+        weighted += attention[n] * d_logits[n]
+    for n in range(len(attention)):
+        d_logits[n] = attention[n] * (d_logits[n] - weighted)
+    for d in range(len(d_pq)):
+        d_pq[d] = 0.0
+    _combine(d_logits, keys_t, d_pq)
+
+
+@numba.njit(**KERNEL)
+def _negative_scores(t, items_w, negatives, radius, squared, bias, use_bias, scales, scores, factors):
+    """Each negative's clip scale, score (with its bias) and factor ``g`` (``_distance_score``)."""
+    for n in range(len(negatives)):
+        row = items_w[negatives[n]]
+        scales[n] = _clip_scale(row, radius)
+        scores[n], factors[n] = _distance_score(t, row, scales[n], squared)
+        if use_bias:
+            scores[n] += bias[negatives[n], 0]
+
+
+@numba.njit(**KERNEL)
+def _item_gradients(t, q, pos_factor, items_w, negatives, scales, factors, grads, out_q, out_negatives, toward):
+    """The gradients at the clipped items, ``grads[x] g_x (t - q_x)`` for the positive and each negative, and at
+    ``t``, their negated sum, into ``toward``."""
+    weight = grads[0] * pos_factor
+    for d in range(len(t)):
+        gap = t[d] - q[d]
+        out_q[d] = weight * gap
+        toward[d] = -weight * gap
+    for n in range(len(negatives)):
+        row, out = items_w[negatives[n]], out_negatives[n]
+        weight = grads[1 + n] * factors[n]
+        for d in range(len(t)):
+            gap = t[d] - row[d] * scales[n]
+            out[d] = weight * gap
+            toward[d] -= weight * gap
+
+
 @dataclass(frozen=True)
 class _Options:
     """What the pair pass needs of the model's config, as plain numbers."""
@@ -198,11 +256,10 @@ def _pair_pass(tables, pairs, options, out):
     user_rows, user_starts, user_counts, pos, neg = pairs
     radius, reg_weight, margin, temperature, kind, squared, use_memory, use_bias, num_items = options
     user_grads, item_grads, score_grads, products, attentions, towards, logit_grads, sums = out
-    chunks, batch, k, n_users = len(sums), len(pos), neg.shape[1], len(user_rows)
-    n_slots, dim, zero = memory.shape[0], users_w.shape[1], np.float32(0.0)
+    chunks, batch, k, n_users, dim = len(sums), len(pos), neg.shape[1], len(user_rows), users_w.shape[1]
     for c in prange(chunks):
         p, q, t, d_pq = np.empty(dim, np.float32), np.empty(dim, np.float32), np.empty(dim, np.float32), \
-            np.empty(dim, np.float32)
+            np.zeros(dim, np.float32)
         neg_scores, neg_factors, neg_scales = np.empty(k, np.float32), np.empty(k, np.float32), np.empty(k, np.float32)
         grads = np.empty(k + 1, np.float32)
         for u in range(c * n_users // chunks, (c + 1) * n_users // chunks):
@@ -212,63 +269,34 @@ def _pair_pass(tables, pairs, options, out):
             su = _clip_scale(row_u, radius)
             for d in range(dim):
                 p[d] = row_u[d] * su
-                g_user[d] = zero
+                g_user[d] = 0.0
             for j in range(user_starts[u], user_starts[u] + user_counts[u]):
                 if j + AHEAD < batch:
                     prefetch_row(items_w, pos[j + AHEAD])
                     for n in range(k):
                         prefetch_row(items_w, neg[j + AHEAD, n])
-                pq, attention, toward, d_logits = products[j], attentions[j], towards[j], logit_grads[j]
-                row_q = items_w[pos[j]]
+                pq, negatives, row_q = products[j], neg[j], items_w[pos[j]]
                 sq = _clip_scale(row_q, radius)
                 for d in range(dim):
                     q[d] = row_q[d] * sq
                     pq[d] = p[d] * q[d]
                     t[d] = p[d]
-                if use_memory:  # attention = softmax(pq K), t = p + attention M
-                    _project(pq, keys_t, attention)
-                    top = attention.max()
-                    total = zero
-                    for n in range(n_slots):
-                        attention[n] = np.exp(attention[n] - top)
-                        total += attention[n]
-                    for n in range(n_slots):
-                        attention[n] /= total
-                    _combine(attention, memory, t)
+                if use_memory:
+                    _relation(pq, keys_t, memory, attentions[j], t)
                 pos_score, pos_factor = _distance_score(t, row_q, sq, squared)
                 if use_bias:
                     pos_score += bias[pos[j], 0]
-                for n in range(k):
-                    neg_scales[n] = _clip_scale(items_w[neg[j, n]], radius)
-                    neg_scores[n], neg_factors[n] = _distance_score(t, items_w[neg[j, n]], neg_scales[n], squared)
-                    if use_bias:
-                        neg_scores[n] += bias[neg[j, n], 0]
+                _negative_scores(t, items_w, negatives, radius, squared, bias, use_bias, neg_scales, neg_scores,
+                                 neg_factors)
                 sums[c, 0] += _score_gradients(pos_score, neg_scores, kind, margin, temperature, num_items, grads)
+                _item_gradients(t, q, pos_factor, items_w, negatives, neg_scales, neg_factors, grads, item_grads[j],
+                                item_grads[batch + j * k:batch + (j + 1) * k], towards[j])
                 score_grads[j] = grads[0]
                 for n in range(k):  # explicit loops: numba's parfor pass dropped slice assignments in this body
                     score_grads[batch + j * k + n] = grads[1 + n]
-                # d loss / d t = -sum_x grads[x] g_x (t - q_x); d loss / d q_x = grads[x] g_x (t - q_x)
-                weight, out_q = grads[0] * pos_factor, item_grads[j]
-                for d in range(dim):
-                    gap = t[d] - q[d]
-                    out_q[d] = weight * gap
-                    toward[d] = -weight * gap
-                    d_pq[d] = zero
-                for n in range(k):
-                    row_n, out_n = items_w[neg[j, n]], item_grads[batch + j * k + n]
-                    weight = grads[1 + n] * neg_factors[n]
-                    for d in range(dim):
-                        gap = t[d] - row_n[d] * neg_scales[n]
-                        out_n[d] = weight * gap
-                        toward[d] -= weight * gap
-                if use_memory:  # back through the attention: d_logits = attention * (M toward - mean), d_pq = K d_logits
-                    _project(toward, memory, d_logits)
-                    weighted = zero
-                    for n in range(n_slots):
-                        weighted += attention[n] * d_logits[n]
-                    for n in range(n_slots):
-                        d_logits[n] = attention[n] * (d_logits[n] - weighted)
-                    _combine(d_logits, keys_t, d_pq)
+                if use_memory:
+                    _relation_backward(towards[j], attentions[j], keys_t, memory, logit_grads[j], d_pq)
+                toward, out_q = towards[j], item_grads[j]
                 for d in range(dim):
                     g_user[d] += toward[d] + d_pq[d] * q[d]
                     out_q[d] += d_pq[d] * p[d]

@@ -23,7 +23,7 @@ NEGATIVE_RELATIONS = ("positive", "own")
 REGULARIZERS = ("batch", "none", "seed")
 INITS = ("authors", "seed")
 # Elements per (users, items, memory slots) chunk when scoring against all items: 4 MB of float32 stays in
-# a core's cache (bench/evaluation.py at ml-1m shape: 2.0 s with 2^20, 5.5 s with 2^24).
+# a core's cache (bench/evaluation.py measures the sizes tried).
 SCORE_CHUNK_ELEMENTS = 1 << 20
 
 
@@ -65,14 +65,16 @@ class Recommender(nn.Module):
 
 @dataclass(frozen=True)
 class LRMLConfig:
-    """LRML's shape, loss and the variant switches; defaults are the authors' code."""
+    """LRML's shape, loss and the variant switches. The structure and the switches' defaults are the authors'
+    code; margin and reg_weight are this project's best of a small grid on ml-100k (docs/model.md). The
+    trainer's defaults (``lrml.train.TrainConfig``) are these."""
 
     num_users: int
     num_items: int
     embedding_dim: int = 100
     memory_size: int = 20
-    margin: float = 0.5
-    reg_weight: float = 0.0
+    margin: float = 0.2
+    reg_weight: float = 0.01
     loss: str = "hinge"  # lrml.losses.DISTANCE_LOSSES: "hinge" (the authors'), "warp" or "softmax"
     temperature: float = 0.1  # the softmax loss's logits are scores / temperature
     item_bias: bool = False  # add a learned bias per item to the score, as BPR-MF has

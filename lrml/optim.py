@@ -59,7 +59,10 @@ def _distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The row indices of a sparse gradient and their values, each row once (repeated rows summed).
 
     Rows already strictly increasing (``lrml.model.lookup_distinct`` and ``lrml.fused`` give them so;
-    autograd does not keep the flag that says it) skip the sort that coalescing costs.
+    autograd does not keep the flag that says it) skip the sort that coalescing costs. Reading an
+    uncoalesced tensor's rows needs torch's ``_indices`` and ``_values``, which torch has no public
+    name for: pyproject.toml pins the torch versions checked, and tests/test_optim.py fails, naming
+    them, if a torch release changes them.
     """
     rows = grad._indices()[0]
     if not (grad.is_coalesced() or bool((rows[1:] > rows[:-1]).all())):

@@ -39,10 +39,10 @@ class TrainConfig:
     """Everything that decides a training run; ``defaults(model)`` gives each model's tuned values."""
 
     model: str = "lrml"
-    embedding_dim: int = 100
-    memory_size: int = 20
-    margin: float = 0.2
-    reg_weight: float = 0.01
+    embedding_dim: int = LRMLConfig.embedding_dim
+    memory_size: int = LRMLConfig.memory_size
+    margin: float = LRMLConfig.margin
+    reg_weight: float = LRMLConfig.reg_weight
     lr: float = 1e-3
     optimizer: str = "adam"  # "adam" (row-wise Adam on sparse embeddings) or "adagrad"
     batch_size: int = 1024
@@ -54,10 +54,10 @@ class TrainConfig:
     patience: int = 10  # stop after this many epochs without a better validation nDCG@10
     seed: int = 0
     # LRML variants (see LRMLConfig)
-    clip_radius: float | None = 1.0
-    distance: str = "l2"
-    negative_relation: str = "positive"
-    regularizer: str = "batch"
+    clip_radius: float | None = LRMLConfig.clip_radius
+    distance: str = LRMLConfig.distance
+    negative_relation: str = LRMLConfig.negative_relation
+    regularizer: str = LRMLConfig.regularizer
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -81,7 +81,8 @@ class TrainConfig:
 DEFAULTS = {
     "lrml": TrainConfig(),
     "cml": TrainConfig(model="cml"),
-    "bpr": TrainConfig(model="bpr", lr=3e-3, reg_weight=1e-3, loss=BPRConfig.loss, temperature=BPRConfig.temperature),
+    "bpr": TrainConfig(model="bpr", lr=3e-3, embedding_dim=BPRConfig.embedding_dim, reg_weight=BPRConfig.reg_weight,
+                       loss=BPRConfig.loss, temperature=BPRConfig.temperature),
     "ease": TrainConfig(model="ease", reg_weight=EASEConfig.reg_weight, max_epochs=1),
     "pop": TrainConfig(model="pop", max_epochs=1),
 }

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -68,19 +70,33 @@ RAY_PROGRAMS = ("gcs_server", "raylet", "ray::", "default_worker.py", "dashboard
                 "runtime_env/agent", "log_monitor.py", "monitor.py", "ray_client_server", "setup_worker.py")
 
 
-def ray_processes() -> dict[int, str]:
-    """Process id -> command line of every Ray process on this machine."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def processes(matches: Callable[[str, Callable[[], list[str]]], bool]) -> dict[int, str]:
+    """Process id -> command line of every other process on this machine for which ``matches(command, files)``
+    holds, ``files()`` giving the paths the process holds open (read only when asked: it costs a readlink each)."""
     found = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            if matches(command, lambda: [os.readlink(fd) for fd in (entry / "fd").iterdir()]):
+                found[int(entry.name)] = command
         except OSError:
-            continue
-        if any(program in command for program in RAY_PROGRAMS) and "/ray/" in command or command.startswith("ray::"):
-            found[int(entry.name)] = command
+            continue  # ended meanwhile, or not ours to read
     return found
+
+
+def ray_processes() -> dict[int, str]:
+    """Process id -> command line of every Ray process on this machine."""
+    return processes(lambda command, files: any(program in command for program in RAY_PROGRAMS) and "/ray/" in command
+                     or command.startswith("ray::"))
 
 
 @pytest.fixture(scope="session", autouse=True)

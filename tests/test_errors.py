@@ -54,12 +54,16 @@ SEARCH_MISTAKES = [
     (["--space", "/no/such/space.json"], "/no/such/space.json: no such space file"),
     (["--storage-path", "{a_file}/runs"], "--storage-path: cannot write to"),
     (["--resume", "--name", "never-ran", "--storage-path", "{tmp}"], "never-ran: no lrml_search.json"),
+    (["--name", "taken", "--storage-path", "{tmp}"], "taken already holds a search: pass --resume to continue it"),
+    (["--patience", "0"], "--patience must be at least 1; got 0"),
 ]
 
 
 @pytest.mark.parametrize("args, message", SEARCH_MISTAKES, ids=[" ".join(a) for a, _ in SEARCH_MISTAKES])
 def test_search_refuses_a_mistake_in_one_line_before_ray_starts(tmp_path, args, message, capsys):
     values = {"bad_space": bad_space(tmp_path), "a_file": a_file(tmp_path), "tmp": str(tmp_path)}
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "lrml_search.json").write_text("{}")  # a search made here before
     args = [arg.format(**values) for arg in args]
     if "--storage-path" not in args:
         args += ["--storage-path", str(tmp_path / "runs")]
@@ -85,6 +89,8 @@ def test_best_refuses_what_is_not_a_search(tmp_path, capsys):
 def test_train_names_the_bad_value_and_the_bad_line(tmp_path, capsys):
     assert refused(train.main, ["--dataset", "ml-7m"], capsys).startswith("lrml.train: error: unknown dataset")
     assert "batch_size=0; it must be positive" in refused(train.main, ["--batch-size", "0"], capsys)
+    assert "loss='bpr' is not offered for lrml; expected one of" in refused(train.main, ["--loss", "bpr"], capsys)
+    assert "num_negatives=0; it must be positive" in refused(train.main, ["--num-negatives", "0"], capsys)
     folder = tmp_path / "ml-latest-small"
     folder.mkdir()
     (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,two,4.0,964981247\n")

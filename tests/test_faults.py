@@ -11,10 +11,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+import ray
 from conftest import REPO, terminated_trials
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+
+from lrml.errors import UserError
+from lrml_tune.local_ray import exclusive_local_ray, running_ray_addresses
 
 pytestmark = pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
 
@@ -87,7 +91,7 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
     before = terminated_trials(experiment)  # what the state saved last says: all a resume can know
     assert len(before) < 8, "the search finished before it could be killed"
     with open(experiment / "scheduler-state.pickle", "rb") as handle:
-        rungs_before = {milestone: dict(recorded) for milestone, recorded in pickle.load(handle)[0][0]._rungs}
+        rungs_before = {milestone: dict(recorded) for milestone, recorded in pickle.load(handle)["_brackets"][0]._rungs}
 
     resumed = subprocess.run([*SEARCH, "--resume", "--name", "killed", "--storage-path", str(storage)], cwd=REPO,
                              capture_output=True, text=True, timeout=900)
@@ -101,7 +105,7 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
         assert (trials[number].state, trials[number].value) == verdict
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) >= 8
     with open(experiment / "scheduler-state.pickle", "rb") as handle:
-        rungs_after = {milestone: recorded for milestone, recorded in pickle.load(handle)[0][0]._rungs}
+        rungs_after = {milestone: recorded for milestone, recorded in pickle.load(handle)["_brackets"][0]._rungs}
     for milestone, recorded in rungs_before.items():  # ASHA's rungs survived and grew
         assert recorded.items() <= rungs_after[milestone].items()
     assert sum(map(len, rungs_after.values())) > sum(map(len, rungs_before.values()))
@@ -135,3 +139,18 @@ def test_a_diverging_trial_fails_with_its_reason_and_never_wins(tmp_path):
     assert record["best_config"]["lr"] == 0.003
     states = [t.state for t in study(tmp_path / "diverging").trials]
     assert states.count(TrialState.FAIL) == record["errors"]
+
+
+def test_a_search_refuses_beside_a_ray_it_did_not_start(tmp_path):
+    """A running local Ray is found by its raylet's ``--gcs-address`` flag (``lrml_tune.local_ray``): if a Ray
+    release starts its raylet otherwise, this fails before a search could start a second Ray beside it."""
+    ray.init(_node_ip_address="127.0.0.2", num_cpus=1, include_dashboard=False)
+    try:
+        address = ray.get_runtime_context().gcs_address
+        assert address in running_ray_addresses()
+        with pytest.raises(UserError, match=rf"a Ray instance already runs on this machine \(GCS at {address}"):
+            with exclusive_local_ray("beside", lock_file=tmp_path / "lock"):
+                pass
+    finally:
+        ray.shutdown()
+    wait_for(lambda: address not in running_ray_addresses(), timeout=60)

@@ -54,7 +54,7 @@ def test_gradients_reach_keys_memory_and_only_batch_rows():
 
 
 def test_loss_by_hand_counts_a_repeated_row_as_often_as_it_occurs():
-    model = spread(LRML(LRMLConfig(USERS, ITEMS, embedding_dim=8, memory_size=5, reg_weight=0.1)))
+    model = spread(LRML(LRMLConfig(USERS, ITEMS, embedding_dim=8, memory_size=5, margin=0.5, reg_weight=0.1)))
     users, pos, neg = torch.tensor([3, 3, 3, 7]), torch.tensor([1, 2, 1, 5]), torch.tensor([2, 9, 9, 1])
     with torch.no_grad():
         rows = [model.user_embedding.weight[users], model.item_embedding.weight[pos], model.item_embedding.weight[neg]]
@@ -92,7 +92,7 @@ def test_score_by_hand():
 
 
 def test_negative_relation_variants_differ_only_in_the_negative_relation():
-    config = LRMLConfig(USERS, ITEMS, embedding_dim=8, memory_size=5, margin=10.0)
+    config = LRMLConfig(USERS, ITEMS, embedding_dim=8, memory_size=5, margin=10.0, reg_weight=0.0)
     shared, own = spread(LRML(config)), LRML(LRMLConfig(**{**config.__dict__, "negative_relation": "own"}))
     own.load_state_dict(shared.state_dict())
     users, pos, neg = batch()

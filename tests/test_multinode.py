@@ -8,25 +8,18 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, free_port, processes
 
 pytestmark = pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
 
 HEAD, WORKER = "127.0.0.2", "127.0.0.3"
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 def ray_start(*args: str) -> None:
@@ -39,20 +32,10 @@ def processes_of(temp_dir: Path, ip: str | None = None) -> list[int]:
     """Every process of the Ray cluster kept in ``temp_dir`` (of its node at ``ip`` only, if given). A process
     belongs to it if its command line names the folder or any file it holds open lies inside it, so workers
     that have renamed themselves ``ray::...`` are found by their log files."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            files = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
-        except OSError:
-            continue
-        if str(temp_dir) not in command and not any(f.startswith(str(temp_dir)) for f in files):
-            continue
-        if ip is None or f"={ip}" in command or f" {ip} " in command:
-            found.append(int(entry.name))
-    return found
+    def belongs(command: str, files) -> bool:
+        inside = str(temp_dir) in command or any(path.startswith(str(temp_dir)) for path in files())
+        return inside and (ip is None or f"={ip}" in command or f" {ip} " in command)
+    return list(processes(belongs))
 
 
 def kill(pids: list[int]) -> None:

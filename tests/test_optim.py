@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lrml.model import LRML, LRMLConfig
-from lrml.optim import Optimizer, RowWiseAdam
+from lrml.optim import Optimizer, RowWiseAdagrad, RowWiseAdam, _distinct_rows
 
 
 def sparse_rows(rows: list[int], values: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
@@ -90,3 +90,32 @@ def test_a_training_step_moves_only_the_batch_rows():
     moved_items = (model.item_embedding.weight != before["item_embedding.weight"]).any(1).nonzero().flatten()
     assert moved_users.tolist() == [1, 5] and moved_items.tolist() == [2, 3, 7, 9]
     assert not torch.equal(model.keys, before["keys"]) and not torch.equal(model.memory, before["memory"])
+
+
+def test_row_wise_adagrad_is_torch_adagrad_on_the_rows_touched():
+    """Adagrad's sparse update by torch itself, and by hand for one row: sum += g^2, w -= lr g / (sqrt(sum) + eps)."""
+    start = np.arange(8, dtype=np.float64).reshape(4, 2) / 10
+    ours = torch.nn.Parameter(torch.tensor(start, dtype=torch.float64))
+    theirs = torch.nn.Parameter(torch.tensor(start, dtype=torch.float64))
+    optimizers = RowWiseAdagrad([ours], lr=0.1), torch.optim.Adagrad([theirs], lr=0.1)
+    for rows, values in GRADIENTS:
+        for param, optimizer in zip((ours, theirs), optimizers):
+            param.grad = sparse_rows(rows, values, (4, 2)).double()
+            optimizer.step()
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-15)
+    # row 3 was touched once, by (2, -2): sum 4, so it moved by 0.1 * 2 / 2 = 0.1 against the gradient's sign
+    assert torch.allclose(ours[3], torch.tensor([0.6 - 0.1, 0.7 + 0.1], dtype=torch.float64))
+    assert torch.equal(ours[1], torch.tensor(start[1]))  # never touched
+    torch.optim.Adagrad([theirs], lr=0.1).load_state_dict(optimizers[0].state_dict())  # the same state
+
+
+def test_the_torch_internals_the_optimizer_reads_are_there():
+    """``lrml.optim._distinct_rows`` reads an uncoalesced sparse gradient's rows with ``Tensor._indices`` and
+    ``Tensor._values`` (torch has no public name for them). If this fails, a torch release changed them: check
+    ``_distinct_rows`` before widening torch's pinned range in pyproject.toml."""
+    grad = sparse_rows([2, 0, 2], np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]), (4, 2))
+    assert not grad.is_coalesced()
+    assert torch.equal(grad._indices(), torch.tensor([[2, 0, 2]]))  # as stored: neither sorted nor summed
+    assert torch.equal(grad._values()[1], torch.tensor([2.0, 2.0]))
+    rows, values = _distinct_rows(grad)
+    assert torch.equal(rows, torch.tensor([0, 2])) and torch.equal(values, torch.tensor([[2.0, 2.0], [4.0, 4.0]]))

@@ -1,11 +1,10 @@
 """GradientSync on two real gloo processes (torch.distributed over loopback, no Ray)."""
 from __future__ import annotations
 
-import socket
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 from torch import nn
 
 from lrml.baselines import BPRMF, BPRConfig
@@ -13,12 +12,6 @@ from lrml.model import LRML, LRMLConfig
 from lrml.parallel import Collective, GradientSync
 
 WORLD = 2
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run_workers(check, port: int) -> None:

@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
-from conftest import ML_100K, REPO, require, terminated_trials
+from conftest import ML_100K, REPO, require
 from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -106,41 +104,6 @@ def test_search_then_best_against_tuned_baselines(tmp_path):
 
     recommended = run_script("best.py", str(moved / "e2e-lrml"), "--recommend", "414").stdout.strip().splitlines()
     assert len(recommended) == 10 and all("(" in line for line in recommended)  # titles with years
-
-
-def test_a_new_search_refuses_an_existing_experiment(tmp_path):
-    (tmp_path / "taken").mkdir()
-    (tmp_path / "taken" / "lrml_search.json").write_text("{}")
-    refused = subprocess.run([sys.executable, str(TUNE / "search.py"), "--name", "taken", "--storage-path",
-                              str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert refused.returncode != 0 and "already holds a search: pass --resume" in refused.stderr
-
-
-def test_resume_keeps_finished_trials(tmp_path):
-    storage = tmp_path / "ray"
-    args = [sys.executable, str(TUNE / "search.py"), "--num-samples", "4", "--max-epochs", "3", "--name", "resumable",
-            "--storage-path", str(storage)]
-    log = open(tmp_path / "search.log", "w+")  # a file, not a pipe: Ray's output would fill a pipe and stall it
-    process = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
-    experiment = storage / "resumable"
-    deadline = time.time() + 300
-    while time.time() < deadline and not terminated_trials(experiment):
-        time.sleep(0.5)
-    process.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves its state and stops
-    process.wait(timeout=180)
-    log.seek(0)
-    before = terminated_trials(experiment)
-    assert before, log.read()[-3000:]
-    assert len(before) < 4, "the search finished before it could be interrupted"
-
-    resumed = subprocess.run([sys.executable, str(TUNE / "search.py"), "--name", "resumable", "--storage-path",
-                              str(storage), "--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    after = terminated_trials(experiment)
-    assert len(after) == 4
-    for trial, text in before.items():  # finished trials were kept, not run again
-        assert after[trial] == text
 
 
 def tensorboard_scalars(events: Path) -> dict[str, list[float]]:

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import optuna
 import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
+from lrml import train
+from lrml.baselines import BPRConfig, EASEConfig
+from lrml.model import LRMLConfig
+from lrml.train import TrainConfig, build_model, defaults
 from lrml_tune.compare import baseline_search_args, find_baseline
 from lrml_tune.resources import plan_resources
 from lrml_tune.search import parse_args
@@ -131,7 +135,8 @@ def test_strategies():
 def test_default_grace_period_shrinks_to_a_short_search():
     grace = {epochs: parse_args(["--max-epochs", str(epochs)])[0].grace_period for epochs in (1, 3, 4, 20)}
     assert grace == {1: 1, 3: 3, 4: 4, 20: 4}
-    assert parse_args(["--max-epochs", "3", "--grace-period", "5"])[0].grace_period == 5  # refused by the checks
+    with pytest.raises(ValueError, match="--grace-period 5 is longer than --max-epochs 3"):
+        parse_args(["--max-epochs", "3", "--grace-period", "5"])
 
 
 def test_resource_plan_fills_the_cluster():
@@ -141,8 +146,8 @@ def test_resource_plan_fills_the_cluster():
         plan_resources({"CPU": 2.0}, workers=2, cpus_per_worker=1, gpus_per_worker=1)
     scaling = plan_resources({"CPU": 4.0}, workers=2, cpus_per_worker=2, gpus_per_worker=1, concurrency=4)
     assert (scaling.concurrency, scaling.fits_now) == (4, 0)  # a cluster that autoscales: the user's concurrency
-    with pytest.raises(ValueError, match="concurrency must be at least 1; got 0"):
-        plan_resources({"CPU": 2.0}, workers=1, cpus_per_worker=1, gpus_per_worker=0, concurrency=0)
+    with pytest.raises(ValueError, match="--concurrency must be at least 1; got 0"):  # the settings refuse it
+        SearchSettings(name="e", storage_path="/runs", concurrency=0)
 
 
 def test_bootstrap_interval_and_paired_test_against_known_answers():
@@ -208,3 +213,19 @@ def test_a_baseline_search_gets_every_setting_of_the_lrml_search(tmp_path):
     found, _ = parse_args(baseline_search_args(str(tmp_path / "small-lrml-s1"), record, "cml"))
     assert found.name == "small-cml-s1" and found.model == "cml"
     assert replace(found, name=lrml.name, model="lrml", space=lrml.space, space_file=lrml.space_file) == lrml
+
+
+def test_each_default_is_written_once():
+    """The search's command line takes its defaults from SearchSettings, which takes the budget from TrainConfig;
+    the trainer's defaults build exactly the models their configs describe by default."""
+    settings, _ = parse_args(["--storage-path", "/runs"])
+    untouched = SearchSettings(name=settings.name, storage_path="/runs", space=settings.space,
+                               space_file=settings.space_file)
+    assert settings == untouched
+    assert (settings.max_epochs, settings.patience) == (TrainConfig.max_epochs, TrainConfig.patience)
+    trainer_cli = train.parse_args([])
+    assert all(getattr(trainer_cli, name) is None for name in asdict(TrainConfig()) if name != "model")  # no second default
+    assert build_model(defaults("lrml"), 10, 12).config == LRMLConfig(10, 12)
+    assert build_model(defaults("cml"), 10, 12).config == LRMLConfig(10, 12, use_memory=False)
+    assert build_model(defaults("bpr"), 10, 12).config == BPRConfig(10, 12)
+    assert build_model(defaults("ease"), 10, 12).config == EASEConfig(10, 12)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from lrml.data import get_release
+from lrml.data.synthetic import is_synthetic, synthetic_shape
 from lrml.errors import UserError
 from lrml.train import TrainConfig
 from lrml_tune.space import Param
@@ -48,6 +50,29 @@ class SearchSettings:
     node_ip_address: str | None = None
     mlflow: str | None = None  # None: no MLflow; "": an SQLite store in the experiment folder; else a tracking URI
     wandb: bool = False
+
+    def __post_init__(self):
+        """Refuse values no search can run with, naming the flag: the one place the settings are checked."""
+        for flag, value in (("--num-samples", self.num_samples), ("--max-epochs", self.max_epochs),
+                            ("--patience", self.patience), ("--grace-period", self.grace_period),
+                            ("--workers-per-trial", self.workers_per_trial),
+                            ("--worker-start-timeout", self.worker_start_timeout),
+                            ("--concurrency", 1 if self.concurrency is None else self.concurrency)):
+            if value < 1:
+                raise UserError(f"{flag} must be at least 1; got {value:g}")
+        if self.max_failures < 0:
+            raise UserError(f"--max-failures must be at least 0; got {self.max_failures}")
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise UserError(f"--cpus-per-worker must be above 0 and --gpus-per-worker at least 0; got "
+                            f"{self.cpus_per_worker:g} and {self.gpus_per_worker:g}")
+        if self.grace_period > self.max_epochs:
+            raise UserError(f"--grace-period {self.grace_period} is longer than --max-epochs {self.max_epochs}")
+        if is_synthetic(self.dataset):  # an unknown dataset names the known ones
+            synthetic_shape(self.dataset)
+            if self.data_dir:
+                raise UserError(f"--data-dir {self.data_dir}: {self.dataset} is generated, not read from a folder")
+        else:
+            get_release(self.dataset)
 
     @property
     def experiment(self) -> str:
@@ -95,21 +120,21 @@ class SearchRecord:
     version: int = RECORD_VERSION
 
     def write(self) -> None:
-        filesystem, path = _filesystem(self.settings.experiment)
-        filesystem.create_dir(path, recursive=True)
-        with filesystem.open_output_stream(f"{path}/{RECORD_FILE}") as handle:
+        storage, path = filesystem(self.settings.experiment)
+        storage.create_dir(path, recursive=True)
+        with storage.open_output_stream(f"{path}/{RECORD_FILE}") as handle:
             handle.write((json.dumps(dataclasses.asdict(self), indent=2) + "\n").encode())
 
     @staticmethod
     def exists(experiment: str) -> bool:
-        filesystem, path = _filesystem(experiment)
-        return filesystem.get_file_info(f"{path}/{RECORD_FILE}").type == pyarrow.fs.FileType.File
+        storage, path = filesystem(experiment)
+        return storage.get_file_info(f"{path}/{RECORD_FILE}").type == pyarrow.fs.FileType.File
 
     @classmethod
     def read(cls, experiment: str) -> "SearchRecord":
-        filesystem, path = _filesystem(experiment)
+        storage, path = filesystem(experiment)
         try:
-            with filesystem.open_input_stream(f"{path}/{RECORD_FILE}") as handle:
+            with storage.open_input_stream(f"{path}/{RECORD_FILE}") as handle:
                 data = json.loads(handle.read().decode())
         except FileNotFoundError:
             raise UserError(f"{experiment}: no {RECORD_FILE}; not a search made by tune/search.py") from None
@@ -119,8 +144,19 @@ class SearchRecord:
         return decode(cls, data)
 
 
-def _filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    return pyarrow.fs.FileSystem.from_uri(location if "://" in location else str(Path(location).resolve()))
+def is_uri(location: str) -> bool:
+    """Whether ``location`` names cloud storage (``s3://``, ``gs://``) rather than a local folder."""
+    return "://" in location
+
+
+def resolved(location: str) -> str:
+    """A local folder made absolute (Tune needs it so), or a URI without a trailing slash."""
+    return location.rstrip("/") if is_uri(location) else str(Path(location).expanduser().resolve())
+
+
+def filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The pyarrow filesystem of a folder or URI (Tune's own choice of filesystems) and the path within it."""
+    return pyarrow.fs.FileSystem.from_uri(resolved(location))
 
 
 def decode(kind, value):

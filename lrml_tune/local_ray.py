@@ -15,8 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import psutil
+
 from lrml.errors import UserError
 
+GCS_FLAG = "--gcs-address="
 LOCK_FILE = Path(tempfile.gettempdir()) / "lrml-local-ray.lock"
 SHARED_RAY_HINT = ("to run several searches at once, start one Ray for all of them (`ray start --head "
                    "--node-ip-address 127.0.0.2`) and pass its address to each (`--address 127.0.0.2:6379`)")
@@ -48,11 +51,21 @@ def exclusive_local_ray(experiment: str, lock_file: Path = LOCK_FILE) -> Iterato
         os.close(descriptor)  # releases the lock
 
 
+def running_ray_addresses() -> list[str]:
+    """The GCS address of every Ray instance running on this machine, read from its raylet's command line
+    (``raylet ... --gcs-address=host:port``, as Ray starts it; ``ray.init`` looks for the same flag)."""
+    found = set()
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []  # None where the process is not ours to read
+        if command and "raylet" in Path(command[0]).name:
+            found.update(argument.split("=", 1)[1] for part in command for argument in part.split(" ")
+                         if argument.startswith(GCS_FLAG) and argument != GCS_FLAG)
+    return sorted(found)
+
+
 def _check_no_other_ray() -> None:
     """Refuse when a Ray that no search of ours started already runs here (a notebook's, ``ray start``'s)."""
-    from ray._private.services import find_gcs_addresses  # the check `ray.init` itself makes, by process list
-
-    running = sorted(find_gcs_addresses())
+    running = running_ray_addresses()
     if running:
         raise UserError(f"a Ray instance already runs on this machine (GCS at {', '.join(running)}): pass "
                         f"--address {running[0]} to search on it, or stop it first; {SHARED_RAY_HINT}")

@@ -1,4 +1,4 @@
-"""Search spaces, declared per model in ``tune/spaces/<model>.json`` and read into typed parameters.
+"""Search spaces, declared per model in ``lrml_tune/spaces/<model>.json`` and read into typed parameters.
 
 A parameter may apply only under a condition (``"when": {"loss": ["softmax"]}``: the temperature
 matters only to the softmax loss) or have a range per value of an earlier choice (``"by":

@@ -11,7 +11,7 @@ from ray import tune
 
 from lrml.errors import UserError
 from lrml.train import MONITOR
-from lrml_tune.settings import SearchSettings
+from lrml_tune.settings import SearchSettings, is_uri
 
 CONSOLE_WIDTH = 100
 LOG_FILE = "search.log"
@@ -97,7 +97,7 @@ def mlflow_uri(settings: SearchSettings) -> str:
     """The tracking URI given, or an SQLite file in the experiment folder (the current folder for a cloud one)."""
     if settings.mlflow:
         return settings.mlflow
-    folder = Path.cwd() if "://" in settings.experiment else Path(settings.experiment)
+    folder = Path.cwd() if is_uri(settings.experiment) else Path(settings.experiment)
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 

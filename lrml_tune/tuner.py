@@ -11,7 +11,7 @@ from lrml.errors import UserError
 from lrml.train import MONITOR, defaults
 from lrml_tune.experiment import best_epoch_row, valid_metrics
 from lrml_tune.searcher import StudySearcher, create_study
-from lrml_tune.settings import SearchOutcome, SearchSettings
+from lrml_tune.settings import SearchOutcome, SearchSettings, is_uri
 from lrml_tune.space import starting_points
 from lrml_tune.strategy import make_sampler, make_scheduler
 from lrml_tune.watch import ConsoleProgress, logger_callbacks
@@ -44,7 +44,7 @@ def build_tuner(settings: SearchSettings, spec: TrialSpec, concurrency: int, res
                                   restart_errored=True)
     study = create_study(settings.experiment, settings.name, make_sampler(settings.searcher, settings.seed))
     searcher = StudySearcher(settings.space, study, MONITOR, "max", starting_points(settings.model, settings.space))
-    state_file = None if "://" in settings.experiment else f"{settings.experiment}/{SCHEDULER_STATE_FILE}"
+    state_file = None if is_uri(settings.experiment) else f"{settings.experiment}/{SCHEDULER_STATE_FILE}"
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

@@ -23,7 +23,7 @@ from lrml.model import Recommender
 from lrml.train import MONITOR, TrainConfig, defaults
 from lrml_tune.experiment import Experiment, TrialSummary
 from lrml_tune.retrain import METRICS, PROTOCOLS, monitored, retrain, spread
-from lrml_tune.settings import SearchRecord
+from lrml_tune.settings import SearchRecord, filesystem
 from lrml_tune.space import at_edges
 from lrml_tune.stats import bootstrap_ci, paired_randomization_test
 
@@ -93,9 +93,9 @@ def find_baseline(lrml_location: str, lrml: SearchRecord, model: str) -> str | N
     """A finished search of ``model`` with LRML's budget beside the LRML search (in the folder it lies in
     now), by preference the one named after it."""
     parent, lrml_name = lrml_location.rstrip("/").rsplit("/", 1)
-    filesystem, parent_path = pyarrow.fs.FileSystem.from_uri(parent if "://" in parent else str(Path(parent).resolve()))
+    storage, parent_path = filesystem(parent)
     found = []
-    for info in filesystem.get_file_info(pyarrow.fs.FileSelector(parent_path)):
+    for info in storage.get_file_info(pyarrow.fs.FileSelector(parent_path)):
         location = f"{parent}/{info.base_name}"
         if info.type != pyarrow.fs.FileType.Directory or not SearchRecord.exists(location):
             continue

@@ -17,6 +17,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from lrml_tune.settings import is_uri
 from lrml_tune.space import Param, suggest
 
 STUDY_FILE = "optuna-study.journal"
@@ -26,7 +27,7 @@ def create_study(experiment: str, name: str, sampler: optuna.samplers.BaseSample
     """A maximising study, kept in Optuna's journal file inside a local experiment folder (where
     ``optuna-dashboard`` and ``optuna.load_study`` open it), in memory for a cloud one."""
     storage = None
-    if "://" not in experiment:
+    if not is_uri(experiment):
         Path(experiment).mkdir(parents=True, exist_ok=True)
         storage = JournalStorage(JournalFileBackend(str(Path(experiment) / STUDY_FILE)))
     return optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize")

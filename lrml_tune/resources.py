@@ -26,12 +26,8 @@ class ResourcePlan:
 def plan_resources(cluster: dict[str, float], workers: int, cpus_per_worker: float,
                    gpus_per_worker: float, concurrency: int | None = None) -> ResourcePlan:
     """Trials at once: ``concurrency`` when given (an autoscaling cluster grows to it), otherwise as
-    many as the cluster holds now, which must be at least one."""
-    if workers < 1 or cpus_per_worker <= 0 or gpus_per_worker < 0:
-        raise UserError(f"need workers >= 1, cpus_per_worker > 0, gpus_per_worker >= 0; "
-                         f"got {workers}, {cpus_per_worker}, {gpus_per_worker}")
-    if concurrency is not None and concurrency < 1:
-        raise UserError(f"concurrency must be at least 1; got {concurrency}")
+    many as the cluster holds now, which must be at least one. The counts come from ``SearchSettings``,
+    which has checked them."""
     cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
     fits = math.floor(cpus / (workers * cpus_per_worker) + 1e-9)
     if gpus_per_worker:

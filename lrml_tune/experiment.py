@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.fs
 from ray.tune import ExperimentAnalysis
 
 from lrml.distributed import CHECKPOINT_FILE
 from lrml.train import MONITOR
-from lrml_tune.settings import SearchRecord
+from lrml_tune.settings import SearchRecord, filesystem, resolved
 
 
 def best_epoch_row(frame: pd.DataFrame) -> pd.Series:
@@ -45,8 +44,8 @@ class Experiment:
     """A search's folder or URI, with its trials that did not fail ranked by their best validation nDCG@10."""
 
     def __init__(self, location: str):
-        self.location = location.rstrip("/") if "://" in location else str(Path(location).resolve())
-        self.filesystem, self.fs_path = pyarrow.fs.FileSystem.from_uri(self.location)
+        self.location = resolved(location)
+        self.filesystem, self.fs_path = filesystem(self.location)
         self.record = SearchRecord.read(self.location)
         self.analysis = ExperimentAnalysis(self.location, storage_filesystem=self.filesystem,
                                            default_metric=MONITOR, default_mode="max")
@@ -79,7 +78,7 @@ class Experiment:
         the experiment may have been moved or copied since (a cluster's results synced to a laptop).
         """
         if "checkpoint_dir_name" in frame and frame["checkpoint_dir_name"].notna().any():
-            return f"{trial.storage.trial_fs_path}/{frame['checkpoint_dir_name'].dropna().iloc[-1]}"
+            return f"{trial.path}/{frame['checkpoint_dir_name'].dropna().iloc[-1]}"
         if "checkpoint_path" in frame and frame["checkpoint_path"].notna().any():
             recorded = frame["checkpoint_path"].dropna().iloc[-1]
             _, found, inside = recorded.partition(f"/train/{trial.trial_id}/")

@@ -6,7 +6,6 @@ Defaults are the fastest combination to a good result in ``bench/search_efficien
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
 from pathlib import Path
 
@@ -65,8 +64,7 @@ class ResumableHyperBand(AsyncHyperBandScheduler):
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
         accepted = super().set_search_properties(metric, mode, **spec)
         if self.state_file and Path(self.state_file).exists():
-            with open(self.state_file, "rb") as handle:
-                self._brackets, self._trial_info, self._num_stopped = pickle.load(handle)
+            self.restore(self.state_file)
         return accepted
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
@@ -79,9 +77,9 @@ class ResumableHyperBand(AsyncHyperBandScheduler):
         self._save()
 
     def _save(self) -> None:
+        """The scheduler's whole state, through its public ``save``, written whole or not at all."""
         if not self.state_file:
             return
         partial = f"{self.state_file}.part"
-        with open(partial, "wb") as handle:
-            pickle.dump((self._brackets, self._trial_info, self._num_stopped), handle)
+        self.save(partial)
         os.replace(partial, self.state_file)
