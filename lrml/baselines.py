@@ -152,8 +152,10 @@ class EASE(ClosedForm):
         """``B`` from ``X^T X`` (``gram``, left as it is), so a search over ``reg_weight`` computes it once."""
         regularized = gram.double()
         regularized.diagonal().add_(self.config.reg_weight)
-        precision = torch.cholesky_inverse(torch.linalg.cholesky(regularized))
-        del regularized
+        factor = torch.linalg.cholesky(regularized)
+        del regularized  # at most two items x items float64 matrices at a time
+        precision = torch.cholesky_inverse(factor)
+        del factor
         precision.div_(-precision.diagonal()).fill_diagonal_(0.0)  # B_ij = -P_ij / P_jj
         self.weights.copy_(precision)
 

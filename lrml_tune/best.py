@@ -31,7 +31,7 @@ from lrml.errors import UserError
 from lrml.evaluate import Evaluator
 from lrml.train import MONITOR, TrainConfig, Trainer, defaults
 from lrml_tune import compare, search
-from lrml_tune.ease import tune_ease
+from lrml_tune.ease import fits_in_memory, tune_ease
 from lrml_tune.experiment import Experiment
 from lrml_tune.report import write_plots, write_summary
 from lrml_tune.settings import SearchRecord, is_uri
@@ -124,8 +124,14 @@ def searched_result(model: str, experiment: Experiment, dataset: Dataset, evalua
     return result
 
 
-def ease_result(dataset: Dataset, evaluator: Evaluator) -> compare.ModelResult:
-    """EASE with its weight tuned on validation, beside one fit of its default weight."""
+def ease_result(dataset: Dataset, evaluator: Evaluator) -> compare.ModelResult | None:
+    """EASE with its weight tuned on validation, beside one fit of its default weight; None, saying why, when
+    its items x items matrices do not fit in this machine's memory."""
+    too_large = fits_in_memory(dataset)
+    if too_large:
+        print(f"EASE left out: {too_large}", file=sys.stderr, flush=True)
+        return None
+    print("EASE: searching its weight on validation", flush=True)
     model, search = tune_ease(dataset, evaluator)
     result = compare.evaluate(model, evaluator, "ease", "best.py", None, {"reg_weight": search.best})
     result.tried = search.tried
@@ -183,8 +189,8 @@ def run(argv: list[str]) -> int:
                                            Path(scratch)))
             print(f"{compare.LABELS[model]} (trial {results[-1].trial}): test sampled ndcg@10 "
                   f"{results[-1].test['sampled']['ndcg@10']['mean']:.4f}", flush=True)
-    print("EASE: searching its weight on validation", flush=True)
-    results.append(ease_result(dataset, evaluator))
+    ease = ease_result(dataset, evaluator)
+    results += [ease] if ease else []
     popularity = Trainer(defaults("pop"), dataset)
     popularity.fit(final_eval=False)
     results.append(compare.evaluate(popularity.model, evaluator, "pop", None, None, {}))

@@ -3,6 +3,7 @@ known, else as soon as the search has joined its cluster."""
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lrml.errors import UserError
+from lrml.train import TrainConfig
 from lrml_tune.settings import SearchRecord, SearchSettings, filesystem, is_uri
 
 
@@ -49,6 +51,21 @@ def check_storage_writable(experiment: str) -> None:
         storage.delete_file(probe)
     except (OSError, pyarrow.ArrowException) as error:
         raise UserError(f"--storage-path: cannot write to {experiment}: {error}") from None
+
+
+def storage_warning(settings: SearchSettings, counts: dict) -> str | None:
+    """A warning when a local storage path has less free space than the search's checkpoints may take: each trial
+    keeps one, of the largest model the space allows (its embeddings, and Adam's two moments of them)."""
+    if is_uri(settings.storage_path):
+        return None
+    widest = max([max(param.values) if param.kind == "choice" else param.high for param in settings.space.values()
+                  if param.sets == "embedding_dim"] or [TrainConfig.embedding_dim])
+    needed = settings.num_samples * 3 * 4 * (counts["users"] + counts["items"]) * widest
+    free = shutil.disk_usage(Path(settings.storage_path).expanduser().resolve()).free
+    if free >= needed:
+        return None
+    return (f"warning: {settings.storage_path} has {free / 2**30:.1f} GB free; {settings.num_samples} checkpoints of "
+            f"up to {needed / settings.num_samples / 2**20:.0f} MB each may take {needed / 2**30:.1f} GB")
 
 
 def check_storage_shared(storage_path: str, given: bool) -> None:

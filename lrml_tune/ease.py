@@ -11,6 +11,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import psutil
 import torch
 
 from lrml.baselines import EASE, EASEConfig
@@ -34,6 +35,21 @@ class EASESearch:
     def edge(self) -> str | None:
         """"lowest" or "highest" when the best weight is the smallest or largest tried: the grid may be too narrow."""
         return "lowest" if self.best == min(self.tried) else "highest" if self.best == max(self.tried) else None
+
+
+def memory_needed(num_users: int, num_items: int) -> int:
+    """Bytes the search holds at its peak: the training matrix twice (one byte a cell), X^T X and two models'
+    weights in float32, and a solve's two float64 matrices."""
+    return 2 * num_users * num_items + (4 + 2 * 4 + 2 * 8) * num_items ** 2
+
+
+def fits_in_memory(dataset: Dataset) -> str | None:
+    """None when the search fits in the memory available now, else why not, in a line."""
+    needed, available = memory_needed(dataset.num_users, dataset.num_items), psutil.virtual_memory().available
+    if needed <= available:
+        return None
+    return (f"EASE at {dataset.num_items:,} items needs about {needed / 2**30:.1f} GB; "
+            f"{available / 2**30:.1f} GB is available")
 
 
 def tune_ease(dataset: Dataset, evaluator: Evaluator) -> tuple[EASE, EASESearch]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -25,16 +26,18 @@ import ray
 from lrml import cli
 from lrml.data import SplitParams, prepare, read_manifest
 from lrml.train import MODELS
-from lrml_tune.checks import check_settings, check_storage_shared
+from lrml_tune.checks import check_settings, check_storage_shared, storage_warning
+from lrml_tune.faults import StorageFault, storage_fault
 from lrml_tune.local_ray import exclusive_local_ray
 from lrml_tune.resources import plan_resources
-from lrml_tune.searcher import STUDY_FILE
+from lrml_tune.searcher import STUDY_FILE, repair_journal
 from lrml_tune.settings import SearchOutcome, SearchRecord, SearchSettings, is_uri, resolved
 from lrml_tune.space import at_edges, default_space_file, load_space
 from lrml_tune.strategy import SCHEDULERS, SEARCHERS
 from lrml_tune.tuner import build_tuner, finished, summarize, trial_spec
 from lrml_tune.watch import LOG_FILE, check_loggers, mlflow_uri, send_ray_output_to
 
+STORAGE_FAULT_STATUS = 74
 DEFAULT_STORAGE = Path("results") / "ray"  # under the folder the search is started from (the clone's root)
 SEARCHABLE_MODELS = tuple(model for model in MODELS if model not in ("ease", "pop"))  # best.py tunes EASE itself
 # Ray swaps 127.0.0.1 for the machine's network address; on Linux every 127.x.y.z is loopback, so a
@@ -142,6 +145,12 @@ def search(settings: SearchSettings, resume: bool, prog: str) -> int:
         counts = manifest["counts"]
         print(f"{settings.dataset}: {counts['users']} users, {counts['items']} items, {counts['train']} training "
               "pairs", flush=True)
+        if not resume and (warning := storage_warning(settings, counts)):
+            print(warning, flush=True)
+        if resume and not is_uri(settings.experiment):
+            repaired = repair_journal(Path(settings.experiment) / STUDY_FILE)
+            if repaired:
+                print(repaired, flush=True)
         connect(settings)  # ray.init sets a SIGTERM handler of its own, so ours goes in after it
         with _stop_signals() as signals:
             try:
@@ -154,8 +163,17 @@ def search(settings: SearchSettings, resume: bool, prog: str) -> int:
                 search_started, search_started_at = time.perf_counter(), time.time()
                 results = tuner.fit()
                 now = time.perf_counter()
+            except Exception as error:
+                fault = storage_fault(error, settings.storage_path)
+                if fault is None:
+                    raise
+                return stopped_by_storage(fault, error, settings, prog)
             finally:
                 ray.shutdown()
+    fault = next((found for result in results if result.error and
+                  (found := storage_fault(result.error, settings.storage_path))), None)
+    if fault:
+        return stopped_by_storage(fault, None, settings, prog)
     if signals or finished(results) < settings.num_samples:
         name = signal.Signals(signals[-1]).name if signals else "stopped early"
         print(f"\nsearch interrupted ({name}): {finished(results)} of {settings.num_samples} trials finished; "
@@ -165,6 +183,16 @@ def search(settings: SearchSettings, resume: bool, prog: str) -> int:
     replace(record, outcome=outcome).write()
     print_outcome(outcome, settings)
     return 0 if outcome.best_trial is not None else 1
+
+
+def stopped_by_storage(fault: StorageFault, error: BaseException | None, settings: SearchSettings, prog: str) -> int:
+    """A search whose storage failed a write: one line with the path and the reason, the traceback in the log,
+    the command that continues it once the storage is fixed; exit status 74 (an I/O error, as sysexits names it)."""
+    if error is not None:
+        logging.getLogger("ray").error("the search stopped: %s", fault.line(), exc_info=error)
+    print(f"\nsearch stopped: {fault.line()}\nWhat had finished is kept. Once the storage is fixed, continue it "
+          f"with:\n  {continue_command(settings, prog)}", file=sys.stderr, flush=True)
+    return STORAGE_FAULT_STATUS
 
 
 def announce(settings: SearchSettings) -> None:

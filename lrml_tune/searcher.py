@@ -8,7 +8,7 @@ report: max epochs or patience) is COMPLETE with its best epoch's value, and an 
 """
 from __future__ import annotations
 
-import pickle
+import json
 from pathlib import Path
 
 import optuna
@@ -17,10 +17,33 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from lrml.errors import UserError
 from lrml_tune.settings import is_uri
 from lrml_tune.space import Param, suggest
+from lrml_tune.state import read_state, write_state
 
 STUDY_FILE = "optuna-study.journal"
+
+
+def repair_journal(path: Path) -> str | None:
+    """Make a study journal that a failed write left ending in part of a record readable again, by dropping that
+    part; say so in a line (None when nothing was wrong). A journal damaged before its end is refused: which
+    trials it recorded can no longer be known."""
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    whole = data.rfind(b"\n") + 1  # Optuna writes one JSON record a line
+    for number, line in enumerate(data[:whole].splitlines(), start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise UserError(f"{path}, line {number}: a damaged record before the journal's end; the study cannot be "
+                            "resumed safely: start a new search (another --name)") from None
+    if whole == len(data):
+        return None
+    with open(path, "r+b") as handle:
+        handle.truncate(whole)
+    return f"{path}: dropped the unfinished record at its end ({len(data) - whole} bytes), as a failed write left it"
 
 
 def create_study(experiment: str, name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
@@ -91,8 +114,7 @@ class StudySearcher(Searcher):
             self.best[trial_id] = value
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.__dict__, handle)
+        write_state(checkpoint_path, self.__dict__)
 
     def restore(self, checkpoint_path: str) -> None:
         """Take back the state Tune saved; trials the study started after that save are marked failed.
@@ -100,8 +122,7 @@ class StudySearcher(Searcher):
         Tune saves the searcher every few seconds, the study records every step at once: a driver
         killed in between leaves study trials that the restored Tune knows nothing of.
         """
-        with open(checkpoint_path, "rb") as handle:
-            self.__dict__.update(pickle.load(handle))
+        self.__dict__.update(read_state(checkpoint_path))
         known = {trial.number for trial in self.live.values()}
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number not in known:

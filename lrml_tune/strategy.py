@@ -5,7 +5,6 @@ Defaults are the fastest combination to a good result in ``bench/search_efficien
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import optuna
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from lrml.errors import UserError
+from lrml_tune.state import read_state, write_state
 
 SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "hyperband", "none")
@@ -64,7 +64,7 @@ class ResumableHyperBand(AsyncHyperBandScheduler):
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
         accepted = super().set_search_properties(metric, mode, **spec)
         if self.state_file and Path(self.state_file).exists():
-            self.restore(self.state_file)
+            self.__dict__.update(read_state(self.state_file))
         return accepted
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
@@ -77,9 +77,6 @@ class ResumableHyperBand(AsyncHyperBandScheduler):
         self._save()
 
     def _save(self) -> None:
-        """The scheduler's whole state, through its public ``save``, written whole or not at all."""
-        if not self.state_file:
-            return
-        partial = f"{self.state_file}.part"
-        self.save(partial)
-        os.replace(partial, self.state_file)
+        """The scheduler's whole state (what its public ``save`` pickles), written whole or not at all."""
+        if self.state_file:
+            write_state(self.state_file, self.__dict__)

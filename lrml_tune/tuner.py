@@ -10,6 +10,7 @@ from lrml.distributed import DatasetRef, TrialSpec, run_trial
 from lrml.errors import UserError
 from lrml.train import MONITOR, defaults
 from lrml_tune.experiment import best_epoch_row, valid_metrics
+from lrml_tune.faults import StopOnStorageFault, StorageWatch
 from lrml_tune.searcher import StudySearcher, create_study
 from lrml_tune.settings import SearchOutcome, SearchSettings, is_uri
 from lrml_tune.space import starting_points
@@ -45,6 +46,7 @@ def build_tuner(settings: SearchSettings, spec: TrialSpec, concurrency: int, res
     study = create_study(settings.experiment, settings.name, make_sampler(settings.searcher, settings.seed))
     searcher = StudySearcher(settings.space, study, MONITOR, "max", starting_points(settings.model, settings.space))
     state_file = None if is_uri(settings.experiment) else f"{settings.experiment}/{SCHEDULER_STATE_FILE}"
+    watch = StorageWatch(settings.storage_path)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -57,7 +59,8 @@ def build_tuner(settings: SearchSettings, spec: TrialSpec, concurrency: int, res
             name=settings.name, storage_path=settings.storage_path, verbose=0,
             # each trial's output goes to stdout and stderr files in its folder, not to the console
             log_to_file=True, sync_config=tune.SyncConfig(sync_artifacts=True),
-            callbacks=[ConsoleProgress(settings.num_samples), *logger_callbacks(settings)],
+            callbacks=[ConsoleProgress(settings.num_samples), watch, *logger_callbacks(settings)],
+            stop=StopOnStorageFault(watch),  # a trial that failed to write: the next would fail the same way
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=MONITOR,
                                                     checkpoint_score_order="max"),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures)))

@@ -4,7 +4,11 @@ Weights & Biases through Ray's logger callbacks; the Optuna study in Optuna's ow
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 from ray import tune
@@ -15,6 +19,9 @@ from lrml_tune.settings import SearchSettings, is_uri
 
 CONSOLE_WIDTH = 100
 LOG_FILE = "search.log"
+CONNECT_SECONDS = 5
+# MLflow's HTTP client retries a failed request for minutes by default; a search does not wait on tracking
+MLFLOW_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 class ConsoleProgress(tune.Callback):
@@ -57,6 +64,7 @@ class ConsoleProgress(tune.Callback):
 def send_ray_output_to(log_file: Path) -> None:
     """The log messages of Ray, Tune, Optuna and MLflow, and Python's warnings, go to ``log_file``, not the console."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    logging.raiseExceptions = False  # a log line that cannot be written (a full disk) is dropped, not printed
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.captureWarnings(True)
@@ -82,8 +90,33 @@ def _mlflow_logger(tracking_uri: str, experiment: str) -> tune.Callback:
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     class MLflowLogger(MLflowLoggerCallback):
+        """Ray's logger, which stops (saying so once) when the tracking server goes away: the search goes on."""
+
+        stopped = False
+
+        def setup(self, *args, **kwargs):
+            self._guarded(super().setup, *args, **kwargs)
+
+        def log_trial_start(self, trial):
+            self._guarded(super().log_trial_start, trial)
+
         def log_trial_result(self, iteration, trial, result):
-            super().log_trial_result(iteration, trial, {mlflow_name(key): value for key, value in result.items()})
+            self._guarded(super().log_trial_result, iteration, trial,
+                          {mlflow_name(key): value for key, value in result.items()})
+
+        def log_trial_end(self, trial, failed=False):
+            self._guarded(super().log_trial_end, trial, failed)
+
+        def _guarded(self, method, *args, **kwargs):
+            if self.stopped:
+                return
+            try:
+                method(*args, **kwargs)
+            except Exception as error:  # any failure of tracking: the search must not depend on it
+                self.stopped = True
+                logging.getLogger("mlflow").exception("MLflow stopped taking results")
+                print(f"warning: MLflow at {tracking_uri} stopped taking the search's results ({type(error).__name__}); "
+                      f"the search goes on without it (details in {LOG_FILE})", file=sys.stderr, flush=True)
 
     return MLflowLogger(tracking_uri=tracking_uri, experiment_name=experiment)
 
@@ -91,6 +124,19 @@ def _mlflow_logger(tracking_uri: str, experiment: str) -> tune.Callback:
 def mlflow_name(metric: str) -> str:
     """The name MLflow keeps a metric under (``valid/sampled/ndcg@10`` -> ``valid/sampled/ndcg_at_10``)."""
     return metric.replace("@", "_at_")
+
+
+def check_reachable(tracking_uri: str) -> None:
+    """Refuse an http(s) tracking URI whose server does not take a connection within ``CONNECT_SECONDS``."""
+    address = urllib.parse.urlsplit(tracking_uri)
+    if address.scheme not in ("http", "https"):
+        return  # a local store: MLflow creates it
+    port = address.port or (443 if address.scheme == "https" else 80)
+    try:
+        socket.create_connection((address.hostname, port), timeout=CONNECT_SECONDS).close()
+    except OSError as error:
+        raise UserError(f"--mlflow {tracking_uri}: no tracking server answers there ({error.strerror or error}); start "
+                        "it, or drop --mlflow") from None
 
 
 def mlflow_uri(settings: SearchSettings) -> str:
@@ -102,12 +148,16 @@ def mlflow_uri(settings: SearchSettings) -> str:
 
 
 def check_loggers(settings: SearchSettings) -> None:
-    """Refuse, before Ray starts, a logger whose package is not installed."""
+    """Refuse, before Ray starts, a logger whose package is not installed or a tracking server that does not answer
+    within seconds; MLflow's own requests are then bounded too, so tracking never holds the search up for long."""
     if settings.mlflow is not None:
         try:
             import mlflow  # noqa: F401
         except ImportError:
             raise UserError("--mlflow needs the mlflow package: pip install mlflow-skinny") from None
+        for name, value in MLFLOW_LIMITS.items():
+            os.environ.setdefault(name, value)
+        check_reachable(settings.mlflow)
     if settings.wandb:
         try:
             import wandb  # noqa: F401

@@ -56,6 +56,7 @@ SEARCH_MISTAKES = [
     (["--resume", "--name", "never-ran", "--storage-path", "{tmp}"], "never-ran: no lrml_search.json"),
     (["--name", "taken", "--storage-path", "{tmp}"], "taken already holds a search: pass --resume to continue it"),
     (["--patience", "0"], "--patience must be at least 1; got 0"),
+    (["--mlflow", "http://127.0.0.1:9"], "--mlflow http://127.0.0.1:9: no tracking server answers there"),
 ]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 import ray
-from conftest import REPO, terminated_trials
+from conftest import REPO, processes, terminated_trials
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -154,3 +155,51 @@ def test_a_search_refuses_beside_a_ray_it_did_not_start(tmp_path):
     finally:
         ray.shutdown()
     wait_for(lambda: address not in running_ray_addresses(), timeout=60)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a size-limited tmpfs needs root")
+def test_a_search_whose_storage_fills_stops_in_a_line_and_resumes_once_freed(tmp_path):
+    """A real full disk: a 40 MB tmpfs takes the experiment; every trial keeps a checkpoint of some 12 MB."""
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(disk)], check=True)
+    try:
+        space = tmp_path / "space.json"  # embeddings of 100: checkpoints of a known size
+        space.write_text(json.dumps({"lr": {"type": "loguniform", "low": 0.001, "high": 0.01}}))
+        stopped = subprocess.run([*SEARCH, "--name", "filling", "--storage-path", str(disk), "--space", str(space),
+                                  "--num-samples", "8", "--max-epochs", "2", "--scheduler", "none"],
+                                 cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert stopped.returncode == 74, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+        assert f"search stopped: cannot write to {disk}" in stopped.stderr and "No space left on device" in stopped.stderr
+        assert "--resume --name filling" in stopped.stderr and "Traceback" not in stopped.stdout + stopped.stderr
+        assert len(stopped.stderr.strip().splitlines()) <= 6, stopped.stderr
+        before = terminated_trials(disk / "filling")
+        assert 0 < len(before) < 8, "the disk should have filled after some trials and before all of them"
+
+        subprocess.run(["mount", "-o", "remount,size=400m", str(disk)], check=True)  # the space is freed
+        resumed = subprocess.run([*SEARCH, "--resume", "--name", "filling", "--storage-path", str(disk)], cwd=REPO,
+                                 capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0 and "8 trials (0 failed)" in resumed.stdout, \
+            resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        after = terminated_trials(disk / "filling")
+        assert len(after) == 8 and all(after[trial] == text for trial, text in before.items())  # kept as they were
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+def test_trials_whose_processes_are_killed_are_retried_and_all_finish(tmp_path):
+    """Trial processes killed mid-epoch, four times: each trial is retried from its checkpoint (--max-failures)."""
+    storage = tmp_path / "ray"
+    process = start(storage, "killing", "--num-samples", "6", "--max-epochs", "4", "--scheduler", "none",
+                    "--max-failures", "4", log=tmp_path / "killing.log")
+    killed = 0
+    while killed < 4 and process.poll() is None:
+        trials = processes(lambda command, files: command.startswith("ray::ImplicitFunc") or
+                           command.startswith("ray::run_trial"))
+        if trials:
+            os.kill(min(trials), signal.SIGKILL)
+            killed += 1
+            time.sleep(4)  # let the trial come back before the next kill
+        time.sleep(0.5)
+    assert process.wait(timeout=900) == 0, (tmp_path / "killing.log").read_text()[-3000:]
+    assert killed == 4 and "6 trials (0 failed)" in (tmp_path / "killing.log").read_text()

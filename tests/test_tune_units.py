@@ -1,12 +1,18 @@
 """The search's pieces that need no Ray: space files, starting points, typed records, strategies, resources."""
 from __future__ import annotations
 
+import errno
 import json
+import os
+import pickle
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
 from lrml import train
@@ -14,10 +20,13 @@ from lrml.baselines import BPRConfig, EASEConfig
 from lrml.model import LRMLConfig
 from lrml.train import TrainConfig, build_model, defaults
 from lrml_tune.compare import baseline_search_args, find_baseline
+from lrml_tune.faults import StorageFault, storage_fault
 from lrml_tune.resources import plan_resources
 from lrml_tune.search import parse_args
+from lrml_tune.searcher import STUDY_FILE, repair_journal
 from lrml_tune.settings import RECORD_FILE, SearchOutcome, SearchRecord, SearchSettings
 from lrml_tune.space import Param, at_edges, default_space_file, load_space, starting_points, suggest
+from lrml_tune.state import VERSION_KEY, read_state, write_state
 from lrml_tune.stats import bootstrap_ci, paired_randomization_test
 from lrml_tune.strategy import make_sampler, make_scheduler
 
@@ -229,3 +238,64 @@ def test_each_default_is_written_once():
     assert build_model(defaults("cml"), 10, 12).config == LRMLConfig(10, 12, use_memory=False)
     assert build_model(defaults("bpr"), 10, 12).config == BPRConfig(10, 12)
     assert build_model(defaults("ease"), 10, 12).config == EASEConfig(10, 12)
+
+
+NEWLINE = b"\n"
+
+
+def journal_of_four_trials(folder) -> Path:
+    """A real study journal: three finished trials and a fourth asked for."""
+    path = folder / STUDY_FILE
+    study = optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(path))))
+    for _ in range(3):
+        trial = study.ask()
+        study.tell(trial, trial.suggest_float("x", 0, 1))
+    study.ask().suggest_float("x", 0, 1)
+    return path
+
+
+def test_a_journal_cut_mid_record_is_repaired_and_resumes(tmp_path):
+    path = journal_of_four_trials(tmp_path)
+    whole = path.read_bytes()
+    cut = whole[:-30]  # a write that failed part-way, as on a full disk
+    path.write_bytes(cut)
+    unfinished = len(cut) - cut.rfind(NEWLINE) - 1
+    assert repair_journal(path) == f"{path}: dropped the unfinished record at its end ({unfinished} bytes), as a " \
+                                   "failed write left it"
+    study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(path))))
+    assert [trial.state for trial in study.trials][:3] == [optuna.trial.TrialState.COMPLETE] * 3
+    trial = study.ask()  # Optuna's own replay failed here before the repair
+    study.tell(trial, trial.suggest_float("x", 0, 1))
+    assert repair_journal(path) is None  # nothing left to repair
+
+
+def test_a_journal_damaged_before_its_end_is_refused(tmp_path):
+    path = journal_of_four_trials(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2] + [lines[2][:10] + b"\n"] + lines[3:]))
+    with pytest.raises(ValueError, match=rf"{path.name}, line 3: a damaged record before the journal's end"):
+        repair_journal(path)
+
+
+def test_a_state_file_cut_short_or_of_another_version_is_refused_in_one_line(tmp_path):
+    path = str(tmp_path / "scheduler-state.pickle")
+    write_state(path, {"rungs": [4, 12, 36]})
+    assert read_state(path) == {"rungs": [4, 12, 36]} and not Path(f"{path}.part").exists()
+    whole = Path(path).read_bytes()
+    Path(path).write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(ValueError, match=r"scheduler-state.pickle: unreadable \(\w+\): cut short, or written by another"):
+        read_state(path)
+    Path(path).write_bytes(pickle.dumps({"rungs": [], VERSION_KEY: 0}))
+    with pytest.raises(ValueError, match=r"scheduler-state.pickle: state version 0, this code reads 1"):
+        read_state(path)
+
+
+def test_storage_faults_are_recognised_from_the_error_or_its_text():
+    wrapped = RuntimeError("the trial failed")
+    wrapped.__cause__ = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/mnt/runs/e/run_1/result.json")
+    assert storage_fault(wrapped, "/mnt/runs") == StorageFault("/mnt/runs/e/run_1/result.json", "No space left on device")
+    remote = "ray.exceptions.RayTaskError(OSError): ...\nOSError: [Errno 30] Read-only file system: '/mnt/runs/e/ckpt'"
+    assert storage_fault(remote, "/mnt/runs") == StorageFault("/mnt/runs/e/ckpt", "Read-only file system")
+    assert storage_fault("OSError: [Errno 28] No space left on device", "/mnt/runs").path == "/mnt/runs"
+    assert storage_fault(OSError(errno.ENOENT, "No such file or directory", "/data"), "/mnt/runs") is None
+    assert storage_fault("RuntimeError: diverged", "/mnt/runs") is None
