@@ -53,7 +53,7 @@ def test_search_then_best_against_tuned_baselines(tmp_path):
     assert len(runs) == 4 and all(mlflow_name(MONITOR) in run.data.metrics for run in runs)
     record = json.loads((storage / "e2e-lrml" / "lrml_search.json").read_text())
     assert record["outcome"]["trials"] == 4 and record["outcome"]["errors"] == 0
-    assert record["settings"]["searcher"] == "random" and record["settings"]["scheduler"] == "asha"
+    assert record["settings"]["searcher"] == "tpe" and record["settings"]["scheduler"] == "asha"
     # the Optuna study is in Optuna's own storage: the starting points first, every trial told
     study = optuna.load_study(study_name="e2e-lrml", storage=JournalStorage(
         JournalFileBackend(str(storage / "e2e-lrml" / "optuna-study.journal"))))
