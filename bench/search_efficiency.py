@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from lrml.train import MONITOR  # noqa: E402
 from lrml_tune.experiment import Experiment  # noqa: E402
+from lrml_tune.markdown import write_section  # noqa: E402
 from lrml_tune.settings import SearchRecord  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
@@ -162,14 +163,7 @@ def write_table(table: pd.DataFrame, args) -> None:
                      f"{group.search_seconds.mean():.0f} | {_seconds(group.time_to_final.mean())} | "
                      f"{', '.join(_seconds(t) for t in group.time_to_target)} |")
     lines += ["", TABLE_END]
-    readme = BENCH / "README.md"
-    text = readme.read_text() if readme.exists() else ""
-    if TABLE_START in text:
-        before, rest = text.split(TABLE_START, 1)
-        text = before + "\n".join(lines) + rest.split(TABLE_END, 1)[1]
-    else:
-        text += "\n" + "\n".join(lines) + "\n"
-    readme.write_text(text)
+    write_section(BENCH / "README.md", TABLE_START, TABLE_END, lines)
     print("\n".join(lines))
 
 

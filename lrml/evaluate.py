@@ -62,15 +62,19 @@ class Evaluator:
                 for protocol, found in self.ranks(model, part, protocols).items()}
 
     @torch.no_grad()
-    def ranks(self, model: Recommender, part: str, protocols: tuple[str, ...] = PROTOCOLS) -> dict[str, torch.Tensor]:
-        """The 0-based rank of each user's held-out item, per protocol."""
+    def ranks(self, model: Recommender, part: str, protocols: tuple[str, ...] = PROTOCOLS, first: int = 0,
+              last: int | None = None) -> dict[str, torch.Tensor]:
+        """The 0-based rank of each user's held-out item, per protocol: of the split's users at positions
+        ``first`` to ``last`` (all by default). Users are scored in the same batches whatever the range, as long
+        as ``first`` is a multiple of ``EVAL_BATCH_USERS``, so ranges give the ranks of the whole, bit for bit."""
         eval_users, targets, candidates = self.dataset.split_arrays(part)
+        last = len(eval_users) if last is None else min(last, len(eval_users))
         was_training = model.training
         model.eval()
         device = next(iter(model.state_dict().values())).device
-        ranks = {protocol: [] for protocol in protocols}
-        for start in range(0, len(eval_users), EVAL_BATCH_USERS):
-            batch = slice(start, start + EVAL_BATCH_USERS)
+        ranks = {protocol: [torch.zeros(0, dtype=torch.long)] for protocol in protocols}
+        for start in range(first, last, EVAL_BATCH_USERS):
+            batch = slice(start, min(start + EVAL_BATCH_USERS, last))
             u = torch.as_tensor(eval_users[batch], dtype=torch.long, device=device)
             t = torch.as_tensor(targets[batch], dtype=torch.long, device=device)
             if "sampled" in protocols:

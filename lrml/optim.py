@@ -35,24 +35,31 @@ class RowWiseAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        for group in self.param_groups:
+        for group, param, state, rows, grad_rows in _sparse_steps(self, "Adam", lambda param: {
+                "step": 0, "exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}):
             beta1, beta2 = group["betas"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if not param.grad.is_sparse:
-                    raise RuntimeError("RowWiseAdam takes sparse gradients; use torch.optim.Adam for dense ones")
-                state = self.state[param]
-                if not state:
-                    state.update(step=0, exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))
-                state["step"] += 1
-                rows, grad_rows = _distinct_rows(param.grad)
-                if len(rows) == 0:
-                    continue
-                step = state["step"]
-                step_size = group["lr"] * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
-                _adam_rows(param, state["exp_avg"], state["exp_avg_sq"], rows, grad_rows,
-                           beta1, beta2, group["eps"], step_size)
+            step = state["step"]
+            step_size = group["lr"] * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+            _adam_rows(param, state["exp_avg"], state["exp_avg_sq"], rows, grad_rows,
+                       beta1, beta2, group["eps"], step_size)
+
+
+def _sparse_steps(optimizer: torch.optim.Optimizer, name: str, new_state):
+    """Each parameter with a gradient, its state (begun by ``new_state(param)``, its step counted) and the
+    distinct rows its sparse gradient touches; a parameter whose gradient touches no row is left out."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            if not param.grad.is_sparse:
+                raise RuntimeError(f"RowWise{name} takes sparse gradients; use torch.optim.{name} for dense ones")
+            state = optimizer.state[param]
+            if not state:
+                state.update(new_state(param))
+            state["step"] += 1
+            rows, grad_rows = _distinct_rows(param.grad)
+            if len(rows):
+                yield group, param, state, rows, grad_rows
 
 
 def _distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,19 +122,9 @@ class RowWiseAdagrad(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if not param.grad.is_sparse:
-                    raise RuntimeError("RowWiseAdagrad takes sparse gradients; use torch.optim.Adagrad for dense ones")
-                state = self.state[param]
-                if not state:
-                    state.update(step=torch.tensor(0.0), sum=torch.zeros_like(param))
-                state["step"] += 1
-                rows, grad_rows = _distinct_rows(param.grad)
-                if len(rows):
-                    _adagrad_rows(param, state["sum"], rows, grad_rows, group["lr"], group["eps"])
+        for group, param, state, rows, grad_rows in _sparse_steps(self, "Adagrad", lambda param: {
+                "step": torch.tensor(0.0), "sum": torch.zeros_like(param)}):
+            _adagrad_rows(param, state["sum"], rows, grad_rows, group["lr"], group["eps"])
 
 
 def _adagrad_rows(param: torch.Tensor, sums: torch.Tensor, rows: torch.Tensor, grad_rows: torch.Tensor, lr: float,

@@ -6,6 +6,7 @@ The comparison is written under results/<experiment>/.
     python tune/best.py results/ray/ml-latest-small-lrml            # or an s3:// / gs:// URI, or just the name
     python tune/best.py ml-latest-small-lrml --tune-baselines       # search CML and BPR-MF first if not yet done
     python tune/best.py ml-latest-small-lrml --recommend 414        # top-10 films for MovieLens user 414
+    python tune/best.py ml-20m-lrml --ray-data 10.0.0.5:6379         # rank users on a Ray cluster, through Ray Data
 
 Each search's top configurations are retrained with fresh seeds and the best mean validation score
 is chosen; its checkpoint is loaded with lrml alone and evaluated on the test split in both
@@ -15,6 +16,7 @@ paired randomisation tests between every two models.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -31,6 +33,7 @@ from lrml.errors import UserError
 from lrml.evaluate import Evaluator
 from lrml.train import MONITOR, TrainConfig, Trainer, defaults
 from lrml_tune import compare, search
+from lrml_tune.batch_inference import RayDataEvaluator, evaluation_cluster
 from lrml_tune.ease import fits_in_memory, tune_ease
 from lrml_tune.experiment import Experiment
 from lrml_tune.report import write_plots, write_summary
@@ -158,6 +161,9 @@ def run(argv: list[str]) -> int:
                              f"or {TrainConfig.max_epochs}, whichever is larger)")
     parser.add_argument("--no-retrain", action="store_true",
                         help="evaluate each search's best checkpoint only: no retraining, no defaults")
+    parser.add_argument("--ray-data", nargs="?", const="local", metavar="ADDRESS",
+                        help="rank the searched models' users through Ray Data batch inference, on the Ray cluster at "
+                             "ADDRESS (without one, a local Ray on this machine's cores)")
     parser.add_argument("--data-dir", help="the dataset's archive or folder, if not where the search found it")
     parser.add_argument("--recommend", type=int, metavar="USER_ID", help="print this MovieLens user's top-10 films and stop")
     parser.add_argument("--out", help="results folder (default results/<experiment name>)")
@@ -183,12 +189,15 @@ def run(argv: list[str]) -> int:
         results = []
         defaults_epochs = None if args.no_retrain else \
             args.defaults_epochs or max(record.settings.max_epochs, TrainConfig.max_epochs)
-        for model, experiment in searches.items():
-            print(f"{compare.LABELS[model]}: choosing among the search's top {args.candidates} configuration(s)", flush=True)
-            results.append(searched_result(model, experiment, dataset, evaluator, args.candidates, defaults_epochs,
-                                           Path(scratch)))
-            print(f"{compare.LABELS[model]} (trial {results[-1].trial}): test sampled ndcg@10 "
-                  f"{results[-1].test['sampled']['ndcg@10']['mean']:.4f}", flush=True)
+        with evaluation_cluster(args.ray_data) if args.ray_data else contextlib.nullcontext():
+            searched_evaluator = RayDataEvaluator(dataset) if args.ray_data else evaluator
+            for model, experiment in searches.items():
+                print(f"{compare.LABELS[model]}: choosing among the search's top {args.candidates} configuration(s)",
+                      flush=True)
+                results.append(searched_result(model, experiment, dataset, searched_evaluator, args.candidates,
+                                               defaults_epochs, Path(scratch)))
+                print(f"{compare.LABELS[model]} (trial {results[-1].trial}): test sampled ndcg@10 "
+                      f"{results[-1].test['sampled']['ndcg@10']['mean']:.4f}", flush=True)
     ease = ease_result(dataset, evaluator)
     results += [ease] if ease else []
     popularity = Trainer(defaults("pop"), dataset)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,10 @@ import psutil
 from lrml.errors import UserError
 
 GCS_FLAG = "--gcs-address="
+# Ray swaps 127.0.0.1 for the machine's network address; on Linux every 127.x.y.z is loopback, so a
+# local search registers on 127.0.0.2 and listens on nothing outside the machine. Elsewhere
+# (macOS has only 127.0.0.1), Ray chooses.
+LOCAL_NODE_IP = "127.0.0.2" if sys.platform.startswith("linux") else None
 LOCK_FILE = Path(tempfile.gettempdir()) / "lrml-local-ray.lock"
 SHARED_RAY_HINT = ("to run several searches at once, start one Ray for all of them (`ray start --head "
                    "--node-ip-address 127.0.0.2`) and pass its address to each (`--address 127.0.0.2:6379`)")

@@ -27,8 +27,8 @@ from lrml import cli
 from lrml.data import SplitParams, prepare, read_manifest
 from lrml.train import MODELS
 from lrml_tune.checks import check_settings, check_storage_shared, storage_warning
-from lrml_tune.faults import StorageFault, storage_fault
-from lrml_tune.local_ray import exclusive_local_ray
+from lrml_tune.faults import Reserve, StorageFault, probe, storage_fault
+from lrml_tune.local_ray import LOCAL_NODE_IP, exclusive_local_ray
 from lrml_tune.resources import plan_resources
 from lrml_tune.searcher import STUDY_FILE, repair_journal
 from lrml_tune.settings import SearchOutcome, SearchRecord, SearchSettings, is_uri, resolved
@@ -40,10 +40,6 @@ from lrml_tune.watch import LOG_FILE, check_loggers, mlflow_uri, send_ray_output
 STORAGE_FAULT_STATUS = 74
 DEFAULT_STORAGE = Path("results") / "ray"  # under the folder the search is started from (the clone's root)
 SEARCHABLE_MODELS = tuple(model for model in MODELS if model not in ("ease", "pop"))  # best.py tunes EASE itself
-# Ray swaps 127.0.0.1 for the machine's network address; on Linux every 127.x.y.z is loopback, so a
-# local search registers on 127.0.0.2 and listens on nothing outside the machine. Elsewhere
-# (macOS has only 127.0.0.1), Ray chooses.
-LOCAL_NODE_IP = "127.0.0.2" if sys.platform.startswith("linux") else None
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SearchSettings, bool]:
@@ -152,11 +148,13 @@ def search(settings: SearchSettings, resume: bool, prog: str) -> int:
             if repaired:
                 print(repaired, flush=True)
         connect(settings)  # ray.init sets a SIGTERM handler of its own, so ours goes in after it
+        reserve = Reserve(settings.experiment, settings.num_samples)
         with _stop_signals() as signals:
             try:
                 concurrency = plan(settings)
+                reserve.hold()
                 tuner = build_tuner(settings, trial_spec(settings, dataset_path, manifest["fingerprint"]), concurrency,
-                                    resume)
+                                    resume, reserve)
                 record = SearchRecord(settings, str(dataset_path), manifest["fingerprint"])
                 if not resume:
                     record.write()
@@ -164,14 +162,17 @@ def search(settings: SearchSettings, resume: bool, prog: str) -> int:
                 results = tuner.fit()
                 now = time.perf_counter()
             except Exception as error:
-                fault = storage_fault(error, settings.storage_path)
+                # a trial's error file written on a full disk is empty, and Tune fails reading it
+                fault = storage_fault(error, settings.storage_path) or reserve.fault() or probe(settings.storage_path)
                 if fault is None:
                     raise
                 return stopped_by_storage(fault, error, settings, prog)
             finally:
                 ray.shutdown()
-    fault = next((found for result in results if result.error and
-                  (found := storage_fault(result.error, settings.storage_path))), None)
+                given_back_for = reserve.drop()
+    failed = [result.error for result in results if result.error]
+    fault = next((found for error in failed if (found := storage_fault(error, settings.storage_path))),
+                 None) or given_back_for or (probe(settings.storage_path) if failed else None)
     if fault:
         return stopped_by_storage(fault, None, settings, prog)
     if signals or finished(results) < settings.num_samples:

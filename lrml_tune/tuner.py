@@ -10,7 +10,7 @@ from lrml.distributed import DatasetRef, TrialSpec, run_trial
 from lrml.errors import UserError
 from lrml.train import MONITOR, defaults
 from lrml_tune.experiment import best_epoch_row, valid_metrics
-from lrml_tune.faults import StopOnStorageFault, StorageWatch
+from lrml_tune.faults import Reserve, StorageWatch
 from lrml_tune.searcher import StudySearcher, create_study
 from lrml_tune.settings import SearchOutcome, SearchSettings, is_uri
 from lrml_tune.space import starting_points
@@ -31,14 +31,15 @@ def trial_spec(settings: SearchSettings, dataset_path: Path, fingerprint: str) -
                      train_storage=f"{settings.experiment}/train", max_failures=settings.max_failures)
 
 
-def build_tuner(settings: SearchSettings, spec: TrialSpec, concurrency: int, resume: bool) -> tune.Tuner:
+def build_tuner(settings: SearchSettings, spec: TrialSpec, concurrency: int, resume: bool,
+                reserve: Reserve) -> tune.Tuner:
     """The Tuner: the chosen searcher over an Optuna study, the chosen scheduler, one trial per configuration.
 
     On ``resume`` Tune restores the trials and the searcher it saved; the scheduler, saved by Tune with
     the Tuner as it was at the start, reads back its rungs from the experiment folder.
     """
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), spec.trial_resources)
-    if resume:
+    if resume:  # Tune restores the callbacks it saved, the watch among them; it names the reserve by its path
         if not tune.Tuner.can_restore(settings.experiment):
             raise UserError(f"--resume: no search to resume at {settings.experiment}")
         return tune.Tuner.restore(settings.experiment, trainable=trainable, resume_unfinished=True,
@@ -46,7 +47,7 @@ def build_tuner(settings: SearchSettings, spec: TrialSpec, concurrency: int, res
     study = create_study(settings.experiment, settings.name, make_sampler(settings.searcher, settings.seed))
     searcher = StudySearcher(settings.space, study, MONITOR, "max", starting_points(settings.model, settings.space))
     state_file = None if is_uri(settings.experiment) else f"{settings.experiment}/{SCHEDULER_STATE_FILE}"
-    watch = StorageWatch(settings.storage_path)
+    watch = StorageWatch(settings.storage_path, reserve)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -60,7 +61,6 @@ def build_tuner(settings: SearchSettings, spec: TrialSpec, concurrency: int, res
             # each trial's output goes to stdout and stderr files in its folder, not to the console
             log_to_file=True, sync_config=tune.SyncConfig(sync_artifacts=True),
             callbacks=[ConsoleProgress(settings.num_samples), watch, *logger_callbacks(settings)],
-            stop=StopOnStorageFault(watch),  # a trial that failed to write: the next would fail the same way
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=MONITOR,
                                                     checkpoint_score_order="max"),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures)))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lrml_tune.markdown import write_section
+
 RESULTS = Path(__file__).resolve().parent
 LABELS = {"lrml": "LRML", "cml": "CML", "bpr": "BPR-MF", "ease": "EASE", "pop": "popularity"}
 TUNED = ("lrml", "cml", "bpr", "ease")
@@ -141,14 +143,7 @@ def main() -> int:
     if not results:
         sys.exit(f"no results/*-lrml-{args.searcher}-s*/evaluation.json here: run tune/best.py first")
     lines = [START, "", *against_defaults(results), *winners(results), *comparison(results), *selection(results), END]
-    readme = RESULTS / "README.md"
-    text = readme.read_text()
-    if START in text:
-        before, rest = text.split(START, 1)
-        text = before + "\n".join(lines) + rest.split(END, 1)[1]
-    else:
-        text += "\n" + "\n".join(lines) + "\n"
-    readme.write_text(text)
+    write_section(RESULTS / "README.md", START, END, lines)
     print("\n".join(lines))
     return 0
 

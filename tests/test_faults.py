@@ -19,6 +19,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from lrml.errors import UserError
+from lrml_tune.faults import PROBE_BYTES, probe
 from lrml_tune.local_ray import exclusive_local_ray, running_ray_addresses
 
 pytestmark = pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
@@ -157,9 +158,31 @@ def test_a_search_refuses_beside_a_ray_it_did_not_start(tmp_path):
     wait_for(lambda: address not in running_ray_addresses(), timeout=60)
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mounting a size-limited tmpfs needs root")
+NEEDS_ROOT = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                                reason="mounting a size-limited tmpfs needs root")
+
+
+@NEEDS_ROOT
+def test_the_storage_probe_finds_a_full_or_read_only_disk_and_leaves_nothing(tmp_path):
+    """A trial failed on a full disk may leave no error text; the probe's own write names the fault."""
+    disk = tmp_path / "half-a-megabyte"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={PROBE_BYTES // 2}", "tmpfs", str(disk)], check=True)
+    try:
+        assert probe(str(tmp_path)) is None and not list(tmp_path.glob(".lrml-write-probe-*"))
+        full = probe(str(disk))
+        assert full.path == str(disk) and "No space left on device" in full.reason and not list(disk.iterdir())
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        assert "Read-only file system" in probe(str(disk)).reason
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+@NEEDS_ROOT
 def test_a_search_whose_storage_fills_stops_in_a_line_and_keeps_what_finished(tmp_path):
-    """A real full disk: a 40 MB tmpfs takes the experiment; every trial keeps a checkpoint of some 12 MB."""
+    """A real full disk: a 40 MB tmpfs takes the experiment, and every trial keeps a checkpoint of some 12 MB,
+    so the disk fills after a few trials of eight (one at a time). The saved state, which ``--resume`` reads, is
+    whole: the space the search held back (``lrml_tune.faults.Reserve``) is freed for its last writes."""
     disk = tmp_path / "small-disk"
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(disk)], check=True)
@@ -167,7 +190,7 @@ def test_a_search_whose_storage_fills_stops_in_a_line_and_keeps_what_finished(tm
         space = tmp_path / "space.json"  # embeddings of 100: checkpoints of a known size
         space.write_text(json.dumps({"lr": {"type": "loguniform", "low": 0.001, "high": 0.01}}))
         stopped = subprocess.run([*SEARCH, "--name", "filling", "--storage-path", str(disk), "--space", str(space),
-                                  "--num-samples", "8", "--max-epochs", "2", "--scheduler", "none"],
+                                  "--num-samples", "8", "--max-epochs", "2", "--scheduler", "none", "--concurrency", "1"],
                                  cwd=REPO, capture_output=True, text=True, timeout=600)
         assert stopped.returncode == 74, stopped.stdout[-3000:] + stopped.stderr[-3000:]
         assert f"search stopped: cannot write to {disk}" in stopped.stderr and "No space left on device" in stopped.stderr

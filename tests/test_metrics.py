@@ -1,11 +1,13 @@
-"""Metrics against values computed by hand."""
+"""Metrics against values computed by hand, and the evaluator's ranks of blocks of users."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from lrml.evaluate import EVAL_BATCH_USERS, Evaluator
 from lrml.metrics import full_ranks, ranking_metrics, sampled_ranks
+from lrml.model import LRML, LRMLConfig
 
 
 def test_metrics_of_known_ranks():
@@ -51,3 +53,16 @@ def test_scores_that_are_not_finite_count_as_the_worst():
     scores = torch.tensor([[0.9, nan, 0.7, 0.6, inf]])
     # target item 3 (0.6): item 0 and 2 outrank it; NaN and +inf items do not; item 0 is excluded
     assert full_ranks(scores.clone(), torch.tensor([3]), torch.tensor([0]), torch.tensor([0])).tolist() == [1]
+
+
+def test_an_evaluator_ranks_blocks_of_users_as_it_ranks_them_all(ml100k_dataset):
+    """What Ray Data's actors rely on (``lrml_tune.batch_inference``): blocks that start at multiples of the
+    evaluator's batch give, end to end, the ranks of the whole split, bit for bit."""
+    torch.manual_seed(0)
+    model = LRML(LRMLConfig(ml100k_dataset.num_users, ml100k_dataset.num_items, embedding_dim=16, memory_size=5))
+    evaluator = Evaluator(ml100k_dataset)
+    whole = evaluator.ranks(model, "test")
+    edges = [0, EVAL_BATCH_USERS, 3 * EVAL_BATCH_USERS, len(whole["full"])]
+    blocks = [evaluator.ranks(model, "test", first=first, last=last) for first, last in zip(edges, edges[1:])]
+    for protocol in ("sampled", "full"):
+        assert torch.equal(torch.cat([block[protocol] for block in blocks]), whole[protocol])

@@ -14,7 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
+import torch
 from conftest import REPO, free_port, processes
+
+from lrml.evaluate import EVAL_BATCH_USERS, Evaluator
+from lrml.model import LRML, LRMLConfig
+from lrml_tune.batch_inference import ray_data_ranks
 
 pytestmark = pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
 
@@ -193,3 +199,23 @@ def test_a_trial_whose_workers_can_never_start_fails_in_bounded_time(cluster, tm
     assert len(failures) == 1 and "worker group startup timed out after 3.0 seconds" in failures[0], output[-4000:]
     assert "no trial reported a validation metric" in done.stderr and "Traceback" not in done.stderr
     assert time.time() - started < 300
+
+
+def test_ray_data_evaluation_on_two_nodes_ranks_as_one_process_does(two_nodes, ml100k_dataset):
+    """Two actors, one a node (each has one CPU), four blocks of ml-100k's 943 test users: the ranks, and so every
+    metric, are those of the evaluator in one process, in both protocols."""
+    torch.manual_seed(0)
+    model = LRML(LRMLConfig(ml100k_dataset.num_users, ml100k_dataset.num_items, embedding_dim=16, memory_size=5))
+    with torch.no_grad():  # weights of a scale where scores are far apart, as a trained model's are
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.5)
+    expected = Evaluator(ml100k_dataset).ranks(model, "test")
+    ray.init(address=two_nodes.address, log_to_driver=False)
+    try:
+        found = ray_data_ranks(model, str(ml100k_dataset.path), "test", actors=2, block_users=EVAL_BATCH_USERS)
+    finally:
+        ray.shutdown()
+    assert set(found) == {"sampled", "full"} and len(found["full"]) == 943
+    for protocol in ("sampled", "full"):
+        assert torch.equal(found[protocol], expected[protocol]), protocol
+    assert expected["full"].float().std() > 100  # ranks spread over the catalogue, not one tie

@@ -20,7 +20,7 @@ from lrml.baselines import BPRConfig, EASEConfig
 from lrml.model import LRMLConfig
 from lrml.train import TrainConfig, build_model, defaults
 from lrml_tune.compare import baseline_search_args, find_baseline
-from lrml_tune.faults import StorageFault, storage_fault
+from lrml_tune.faults import RESERVE_BYTES_PER_TRIAL, Reserve, StorageFault, storage_fault
 from lrml_tune.resources import plan_resources
 from lrml_tune.search import parse_args
 from lrml_tune.searcher import STUDY_FILE, repair_journal
@@ -299,3 +299,18 @@ def test_storage_faults_are_recognised_from_the_error_or_its_text():
     assert storage_fault("OSError: [Errno 28] No space left on device", "/mnt/runs").path == "/mnt/runs"
     assert storage_fault(OSError(errno.ENOENT, "No such file or directory", "/data"), "/mnt/runs") is None
     assert storage_fault("RuntimeError: diverged", "/mnt/runs") is None
+    assert storage_fault("OSError: Error writing bytes to file. Detail: [errno 28] No space left on device",
+                         "/mnt/runs") == StorageFault("/mnt/runs", "No space left on device")  # pyarrow's text
+    assert storage_fault("OSError: [Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device",
+                         "/mnt/runs") == StorageFault("/mnt/runs", "No space left on device")  # as a trial's error
+
+
+def test_the_reserve_holds_its_space_and_keeps_the_fault_it_was_given_back_for(tmp_path):
+    reserve = Reserve(str(tmp_path / "search"), trials=1000)
+    reserve.hold()
+    assert reserve.path.stat().st_size == 1000 * RESERVE_BYTES_PER_TRIAL and reserve.fault() is None
+    fault = StorageFault(str(tmp_path), "No space left on device")
+    reserve.give_back(fault)
+    assert reserve.path.stat().st_size < 1000 and reserve.fault() == fault
+    assert reserve.drop() == fault and not reserve.path.exists()
+    assert Reserve("s3://bucket/search", trials=8).fault() is None  # nothing is held on a cloud store
