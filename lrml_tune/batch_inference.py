@@ -50,7 +50,8 @@ def ray_data_ranks(model: Recommender, dataset_path: str, part: str, protocols: 
         raise ValueError(f"block_users={block_users}: must be a multiple of {EVAL_BATCH_USERS}")
     users = read_manifest(dataset_path)["counts"][part]
     actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    blocks = ray.data.from_items([{"first": first, "last": first + block_users} for first in range(0, users, block_users)])
+    items = [{"first": first, "last": first + block_users} for first in range(0, users, block_users)]
+    blocks = ray.data.from_items(items, override_num_blocks=len(items))  # a block each: every actor gets work
     ranked = blocks.map_batches(RankUsers, batch_size=1, num_cpus=1, compute=ray.data.ActorPoolStrategy(size=actors),
                                 fn_constructor_kwargs={"model": model, "dataset_path": dataset_path, "part": part,
                                                        "protocols": protocols})
