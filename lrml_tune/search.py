@@ -175,7 +175,8 @@ def search(settings: SearchSettings, resume: bool, prog: str) -> int:
                  None) or given_back_for or (probe(settings.storage_path) if failed else None)
     if fault:
         return stopped_by_storage(fault, None, settings, prog)
-    if signals or finished(results) < settings.num_samples:
+    # Tune's count of ended trials; restored trials' last rows need not say ``done``, which ``finished`` reads
+    if signals or results.num_terminated + results.num_errors < settings.num_samples:
         name = signal.Signals(signals[-1]).name if signals else "stopped early"
         print(f"\nsearch interrupted ({name}): {finished(results)} of {settings.num_samples} trials finished; "
               f"nothing is summarised. Continue it with:\n  {continue_command(settings, prog)}", file=sys.stderr)

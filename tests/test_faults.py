@@ -179,10 +179,11 @@ def test_the_storage_probe_finds_a_full_or_read_only_disk_and_leaves_nothing(tmp
 
 
 @NEEDS_ROOT
-def test_a_search_whose_storage_fills_stops_in_a_line_and_keeps_what_finished(tmp_path):
+def test_a_search_whose_storage_fills_stops_in_a_line_and_resumes_once_there_is_room(tmp_path):
     """A real full disk: a 40 MB tmpfs takes the experiment, and every trial keeps a checkpoint of some 12 MB,
     so the disk fills after a few trials of eight (one at a time). The saved state, which ``--resume`` reads, is
-    whole: the space the search held back (``lrml_tune.faults.Reserve``) is freed for its last writes."""
+    whole: the space the search held back (``lrml_tune.faults.Reserve``) is freed for its last writes. Grown,
+    the disk lets ``--resume`` finish every trial, the ones that had finished byte for byte as they were."""
     disk = tmp_path / "small-disk"
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(disk)], check=True)
@@ -200,6 +201,14 @@ def test_a_search_whose_storage_fills_stops_in_a_line_and_keeps_what_finished(tm
         assert 0 < len(finished) < 8, "the disk should have filled after some trials and before all of them"
         for text in finished.values():  # what finished is whole: every epoch's row reads back
             assert [json.loads(row)["epoch"] for row in text.splitlines()] == [1, 2]
+
+        subprocess.run(["mount", "-o", "remount,size=200m", str(disk)], check=True)
+        resumed = subprocess.run([*SEARCH, "--resume", "--name", "filling", "--storage-path", str(disk)],
+                                 cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        assert "8 trials (" in resumed.stdout and "Traceback" not in resumed.stdout + resumed.stderr
+        after = terminated_trials(disk / "filling")
+        assert len(after) == 8 and {trial: after[trial] for trial in finished} == finished
     finally:
         subprocess.run(["umount", "--lazy", str(disk)], check=False)
 
