@@ -12,6 +12,7 @@ import fcntl
 import os
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -42,7 +43,11 @@ def exclusive_local_ray(experiment: str, lock_file: Path = LOCK_FILE) -> Iterato
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(descriptor, 4096, 0).decode(errors="replace").strip() or "another process"
+            holder = os.pread(descriptor, 4096, 0).decode(errors="replace").strip()
+            if not holder:  # the holder takes the lock an instant before it writes its name
+                time.sleep(0.5)
+                holder = os.pread(descriptor, 4096, 0).decode(errors="replace").strip()
+            holder = holder or "another process"
             raise UserError(f"another search runs its own Ray on this machine ({holder}); two local Ray instances "
                             f"break each other's trials. Wait for it to end, or {SHARED_RAY_HINT}") from None
         _check_no_other_ray()
