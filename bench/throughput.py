@@ -2,8 +2,8 @@
 
 Both take the same random (user, positive, negative) batches and an Adam step per batch; the
 sketch regularises every parameter densely each step, lrml only the rows in the batch with
-sparse gradients. ``--options`` times the training options (k negatives, the losses, the item bias,
-Adagrad) through the compiled pass and through autograd, the path other devices and variants take.
+sparse gradients. ``--options`` times the training options of LRML and BPR-MF (k negatives, the losses, the
+item bias, Adagrad) through the compiled pass and through autograd, the path other devices and variants take.
 Also times lrml's full epoch (negative sampling included) on synthetic data.
 
     python bench/throughput.py [--batch-sizes 1024 8192] [--seconds 10] [--options]
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lrml.baselines import BPRMF, BPRConfig
 from lrml.data.synthetic import SHAPES
 from lrml.model import LRML, LRMLConfig
 from lrml.optim import Optimizer
@@ -36,13 +37,16 @@ def load_sketch():
     return module.LRML
 
 
-# (name, LRMLConfig options, negatives per positive, optimizer)
-OPTIONS = (("hinge, 1 negative (the default)", {}, 1, "adam"),
-           ("hinge, 5 negatives", {}, 5, "adam"),
-           ("warp, 5 negatives", {"loss": "warp"}, 5, "adam"),
-           ("warp, 20 negatives", {"loss": "warp"}, 20, "adam"),
-           ("softmax, 20 negatives, item bias", {"loss": "softmax", "item_bias": True}, 20, "adam"),
-           ("hinge, 1 negative, Adagrad", {}, 1, "adagrad"))
+# (name, model, its config's options, negatives per positive, optimizer)
+OPTIONS = (("LRML hinge, 1 negative (the default)", "lrml", {}, 1, "adam"),
+           ("LRML hinge, 5 negatives", "lrml", {}, 5, "adam"),
+           ("LRML warp, 5 negatives", "lrml", {"loss": "warp"}, 5, "adam"),
+           ("LRML warp, 20 negatives", "lrml", {"loss": "warp"}, 20, "adam"),
+           ("LRML softmax, 20 negatives, item bias", "lrml", {"loss": "softmax", "item_bias": True}, 20, "adam"),
+           ("LRML hinge, 1 negative, Adagrad", "lrml", {}, 1, "adagrad"),
+           ("BPR-MF bpr, 1 negative (the default)", "bpr", {}, 1, "adam"),
+           ("BPR-MF bpr, 20 negatives", "bpr", {}, 20, "adam"),
+           ("BPR-MF softmax, 20 negatives", "bpr", {"loss": "softmax"}, 20, "adam"))
 
 
 def pairs_per_second(step, num_users: int, num_items: int, batch_size: int, seconds: float, negatives: int = 1) -> float:
@@ -73,9 +77,13 @@ def sketch_step(num_users, num_items, dim, memory):
 
 
 def lrml_step(num_users, num_items, dim, memory, options: dict | None = None, optimizer_name: str = "adam",
-              autograd: bool = False):
-    """An lrml training step; ``autograd`` takes ``LRML.autograd_loss`` instead of the compiled pass."""
-    model = LRML(LRMLConfig(num_users, num_items, dim, memory, reg_weight=1e-4, **(options or {})))
+              autograd: bool = False, kind: str = "lrml"):
+    """A training step of lrml's LRML (or BPR-MF, ``kind="bpr"``); ``autograd`` takes the model's
+    ``autograd_loss`` instead of the compiled pass."""
+    if kind == "bpr":
+        model = BPRMF(BPRConfig(num_users, num_items, dim, reg_weight=1e-4, **(options or {})))
+    else:
+        model = LRML(LRMLConfig(num_users, num_items, dim, memory, reg_weight=1e-4, **(options or {})))
     optimizer = Optimizer(model, optimizer_name, 1e-3)
     loss = model.autograd_loss if autograd else model
 
@@ -111,7 +119,7 @@ def epoch_pairs_per_second(num_users, num_items, num_interactions, dim, memory, 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 8192])
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per measurement")
     parser.add_argument("--dim", type=int, default=100)
@@ -146,13 +154,14 @@ def main() -> int:
 def time_options(args) -> None:
     """Positive pairs per second of each training option at ml-1m shape, compiled and through autograd."""
     num_users, num_items, _ = SHAPES["ml-1m"]
-    print(f"{'option':36} {'batch':>6} {'compiled pairs/s':>17} {'autograd pairs/s':>17} {'compiled / autograd':>20}")
+    print(f"{'option':40} {'batch':>6} {'compiled pairs/s':>17} {'autograd pairs/s':>17} {'compiled / autograd':>20}")
     for batch_size in args.batch_sizes:
-        for name, options, negatives, optimizer in OPTIONS:
-            found = [pairs_per_second(lrml_step(num_users, num_items, args.dim, args.memory, options, optimizer, autograd),
+        for name, kind, options, negatives, optimizer in OPTIONS:
+            found = [pairs_per_second(lrml_step(num_users, num_items, args.dim, args.memory, options, optimizer, autograd,
+                                                kind),
                                       num_users, num_items, batch_size, args.seconds, negatives)
                      for autograd in (False, True)]
-            print(f"{name:36} {batch_size:6d} {found[0]:17,.0f} {found[1]:17,.0f} {found[0] / found[1]:19.1f}x", flush=True)
+            print(f"{name:40} {batch_size:6d} {found[0]:17,.0f} {found[1]:17,.0f} {found[0] / found[1]:19.1f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,13 @@ CML is ``LRML`` with ``use_memory=False`` (see model.py); here are BPR matrix fa
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from lrml import losses
+from lrml import fused, losses
 from lrml.model import Recommender, lookup_distinct
 
 
@@ -46,8 +47,20 @@ class BPRMF(Recommender):
             self.item_embedding.weight.normal_(0.0, config.init_scale)
             self.item_bias.weight.zero_()
 
+    def fused_options(self) -> fused.Options:
+        config = self.config
+        return fused.Options(math.inf, config.reg_weight, 0.0, config.temperature, config.loss, "product",
+                             use_memory=False, use_bias=True, num_items=config.num_items)
+
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
-        """Each distinct row looked up once (``lookup_distinct``): its gradient needs no sorting or summing after."""
+        neg_items = losses.as_negatives(neg_items)
+        if fused.supports(self, users):
+            return fused.loss(self, users, pos_items, neg_items)
+        return self.autograd_loss(users, pos_items, neg_items)
+
+    def autograd_loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
+        """The loss as PyTorch operations, the reference for ``lrml.fused``: each distinct row looked up once
+        (``lookup_distinct``), so its gradient needs no sorting or summing after."""
         neg_items = losses.as_negatives(neg_items)
         batch, k = neg_items.shape
         (user_rows,), user_of, user_counts = lookup_distinct(users, self.user_embedding)

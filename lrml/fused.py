@@ -1,13 +1,14 @@
-"""LRML's training loss and all its gradients, compiled for CPU tensors: one pass over the pairs, one over the items.
+"""The training loss of LRML, CML and BPR-MF and all its gradients, compiled for CPU tensors: one pass over the
+pairs, one over the items.
 
 Autograd spends an LRML step on some 40 elementwise passes over (batch, d) tensors, each a
 round trip through memory (``bench/floor.py``). Here numba computes each positive pair's forward
 and backward, with its k negatives, while their rows are in cache. The pairs are visited user by
 user, so each user's gradient is summed and finished in place; the items' per-pair gradients are
 summed onto the batch's distinct items in a second pass. Rows are prefetched a few pairs ahead
-(``lrml.prefetch``). Every loss of ``lrml.losses`` that LRML offers, and the item bias, are here;
-the loss and gradients equal autograd's to float rounding (``tests/test_fused.py``), and
-``LRML.loss`` takes this path when ``supports`` holds.
+(``lrml.prefetch``). Every loss of ``lrml.losses``, both distances and the dot product, and the item
+bias are here; the loss and gradients equal autograd's to float rounding (``tests/test_fused.py``).
+A model offers this path through ``Recommender.fused_options`` and takes it where ``supports`` holds.
 """
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ from lrml.prefetch import AHEAD, prefetch_row
 FAST = {"reassoc", "contract"}
 EPS = 1e-3  # the authors' l2 score: -sqrt(d^2 + 1e-3)
 KERNEL = {"cache": True, "fastmath": FAST, "nogil": True}
-LOSS_CODES = {"hinge": 0, "warp": 1, "softmax": 2}
-HINGE, WARP, SOFTMAX = LOSS_CODES.values()
+LOSS_CODES = {"hinge": 0, "warp": 1, "softmax": 2, "bpr": 3}
+HINGE, WARP, SOFTMAX, BPR = LOSS_CODES.values()
+SCORE_CODES = {"l2": 0, "squared": 1, "product": 2}  # LRML's distances (``LRMLConfig.distance``), BPR-MF's p . q
+L2, SQUARED, PRODUCT = SCORE_CODES.values()
 
 
 @numba.njit(**KERNEL)
@@ -103,14 +106,20 @@ def _finish_row(x, g, radius, regularizer):
 
 
 @numba.njit(**KERNEL)
-def _distance_score(t, row, scale, squared):
-    """The score of the clipped item ``row * scale`` for the translated user ``t``, and the factor ``g`` with
-    d score / d t = -g (t - q): ``-||t - q||^2`` (g = 2), or the authors' ``-sqrt(||t - q||^2 + 1e-3)``."""
+def _score(t, row, scale, kind):
+    """The score of the clipped item ``q = row * scale`` for the translated user ``t``, and for a distance the
+    factor ``g`` with d score / d t = -g (t - q): ``-||t - q||^2`` (g = 2), the authors'
+    ``-sqrt(||t - q||^2 + 1e-3)``, or BPR-MF's ``t . q`` (no factor: d score / d t = q)."""
+    if kind == PRODUCT:
+        total = np.float32(0.0)
+        for d in range(len(t)):
+            total += t[d] * row[d]
+        return total * scale, np.float32(1.0)
     apart = np.float32(0.0)
     for d in range(len(t)):
         gap = t[d] - row[d] * scale
         apart += gap * gap
-    if squared:
+    if kind == SQUARED:
         return -apart, np.float32(2.0)
     root = np.sqrt(apart + np.float32(EPS))
     return -root, np.float32(1.0) / root
@@ -136,6 +145,14 @@ def _score_gradients(pos, neg, kind, margin, temperature, num_items, grads):
         for n in range(k):
             grads[1 + n] = math.exp(neg[n] / temperature - top) / total / temperature
         return top + math.log(total) - pos / temperature
+    if kind == BPR:  # sum_n softplus(s-_n - s+); its gradient at s-_n is sigmoid(s-_n - s+)
+        loss = 0.0
+        for n in range(k):
+            gap = neg[n] - pos
+            loss += max(gap, 0.0) + math.log1p(math.exp(-abs(gap)))
+            grads[1 + n] = 1.0 / (1.0 + math.exp(-gap)) if gap >= 0 else math.exp(gap) / (1.0 + math.exp(gap))
+            grads[0] -= grads[1 + n]
+        return loss
     if kind == WARP:
         closest, violators = 0, 0
         for n in range(k):
@@ -189,51 +206,62 @@ def _relation_backward(toward, attention, keys_t, memory, d_logits, d_pq):
 
 
 @numba.njit(**KERNEL)
-def _negative_scores(t, items_w, negatives, radius, squared, bias, use_bias, scales, scores, factors):
-    """Each negative's clip scale, score (with its bias) and factor ``g`` (``_distance_score``)."""
+def _negative_scores(t, items_w, negatives, radius, score, bias, use_bias, scales, scores, factors):
+    """Each negative's clip scale, score (with its bias) and factor ``g`` (``_score``)."""
     for n in range(len(negatives)):
         row = items_w[negatives[n]]
         scales[n] = _clip_scale(row, radius)
-        scores[n], factors[n] = _distance_score(t, row, scales[n], squared)
+        scores[n], factors[n] = _score(t, row, scales[n], score)
         if use_bias:
             scores[n] += bias[negatives[n], 0]
 
 
 @numba.njit(**KERNEL)
-def _item_gradients(t, q, pos_factor, items_w, negatives, scales, factors, grads, out_q, out_negatives, toward):
-    """The gradients at the clipped items, ``grads[x] g_x (t - q_x)`` for the positive and each negative, and at
-    ``t``, their negated sum, into ``toward``."""
+def _item_gradients(t, q, pos_factor, items_w, negatives, scales, factors, grads, product, out_q, out_negatives,
+                    toward):
+    """The gradients at the clipped items and at ``t`` (into ``toward``): for a distance ``grads[x] g_x (t - q_x)``
+    and their negated sum, for the dot product ``grads[x] t`` and ``sum_x grads[x] q_x``."""
     weight = grads[0] * pos_factor
     for d in range(len(t)):
-        gap = t[d] - q[d]
-        out_q[d] = weight * gap
-        toward[d] = -weight * gap
+        if product:
+            out_q[d] = weight * t[d]
+            toward[d] = weight * q[d]
+        else:
+            out_q[d] = weight * (t[d] - q[d])
+            toward[d] = -out_q[d]
     for n in range(len(negatives)):
+        if grads[1 + n] == 0.0:
+            continue  # no gradient, and its row is never read (``_row_gradients`` skips it)
         row, out = items_w[negatives[n]], out_negatives[n]
         weight = grads[1 + n] * factors[n]
-        for d in range(len(t)):
-            gap = t[d] - row[d] * scales[n]
-            out[d] = weight * gap
-            toward[d] -= weight * gap
+        if product:
+            for d in range(len(t)):
+                out[d] = weight * t[d]
+                toward[d] += weight * row[d] * scales[n]
+        else:
+            for d in range(len(t)):
+                out[d] = weight * (t[d] - row[d] * scales[n])
+                toward[d] -= out[d]
 
 
 @dataclass(frozen=True)
-class _Options:
-    """What the pair pass needs of the model's config, as plain numbers."""
+class Options:
+    """What the fused pass needs of a model (``Recommender.fused_options``)."""
 
-    radius: float
-    reg_weight: float
+    radius: float  # the clip radius of looked-up rows; math.inf for none
+    reg_weight: float  # 0.5 reg ||w||^2 on the batch's rows, each as often as looked up (and keys and memory once)
     margin: float
     temperature: float
-    loss: int  # LOSS_CODES
-    squared: bool
-    use_memory: bool
+    loss: str  # LOSS_CODES
+    score: str  # SCORE_CODES
+    use_memory: bool  # LRML's relation; False for CML and BPR-MF
     use_bias: bool
     num_items: int
 
     def as_tuple(self) -> tuple:
-        return (self.radius, self.reg_weight, self.margin, self.temperature, self.loss, self.squared,
-                self.use_memory, self.use_bias, self.num_items)
+        """Plain numbers for the kernel."""
+        return (float(self.radius), float(self.reg_weight), float(self.margin), float(self.temperature),
+                LOSS_CODES[self.loss], SCORE_CODES[self.score], self.use_memory, self.use_bias, self.num_items)
 
 
 @numba.njit(parallel=True, **KERNEL)
@@ -254,7 +282,7 @@ def _pair_pass(tables, pairs, options, out):
     """
     users_w, items_w, keys_t, memory, bias = tables
     user_rows, user_starts, user_counts, pos, neg = pairs
-    radius, reg_weight, margin, temperature, kind, squared, use_memory, use_bias, num_items = options
+    radius, reg_weight, margin, temperature, kind, score, use_memory, use_bias, num_items = options
     user_grads, item_grads, score_grads, products, attentions, towards, logit_grads, sums = out
     chunks, batch, k, n_users, dim = len(sums), len(pos), neg.shape[1], len(user_rows), users_w.shape[1]
     for c in prange(chunks):
@@ -283,14 +311,14 @@ def _pair_pass(tables, pairs, options, out):
                     t[d] = p[d]
                 if use_memory:
                     _relation(pq, keys_t, memory, attentions[j], t)
-                pos_score, pos_factor = _distance_score(t, row_q, sq, squared)
+                pos_score, pos_factor = _score(t, row_q, sq, score)
                 if use_bias:
                     pos_score += bias[pos[j], 0]
-                _negative_scores(t, items_w, negatives, radius, squared, bias, use_bias, neg_scales, neg_scores,
+                _negative_scores(t, items_w, negatives, radius, score, bias, use_bias, neg_scales, neg_scores,
                                  neg_factors)
                 sums[c, 0] += _score_gradients(pos_score, neg_scores, kind, margin, temperature, num_items, grads)
-                _item_gradients(t, q, pos_factor, items_w, negatives, neg_scales, neg_factors, grads, item_grads[j],
-                                item_grads[batch + j * k:batch + (j + 1) * k], towards[j])
+                _item_gradients(t, q, pos_factor, items_w, negatives, neg_scales, neg_factors, grads, score == PRODUCT,
+                                item_grads[j], item_grads[batch + j * k:batch + (j + 1) * k], towards[j])
                 score_grads[j] = grads[0]
                 for n in range(k):  # explicit loops: numba's parfor pass dropped slice assignments in this body
                     score_grads[batch + j * k + n] = grads[1 + n]
@@ -305,10 +333,12 @@ def _pair_pass(tables, pairs, options, out):
 
 
 @numba.njit(parallel=True, **KERNEL)
-def _row_gradients(table, rows, starts, counts, order, pair_grads, radius, reg_weight, row_grads):
+def _row_gradients(table, rows, starts, counts, order, pair_grads, score_grads, batch, radius, reg_weight,
+                   row_grads):
     """Each distinct row's gradient: the sum of its pairs' (``order[starts[k]:][:counts[k]]``), carried back
-    through the clip to the raw row, plus the regulariser's ``reg count x``. Returns the regulariser's
-    sum of ``count ||x||^2``."""
+    through the clip to the raw row, plus the regulariser's ``reg count x``. A negative whose score has no
+    gradient adds nothing and was never written: WARP's k - 1 other negatives, hinge's outside the margin.
+    Returns the regulariser's sum of ``count ||x||^2``."""
     total = 0.0
     for k in prange(len(rows)):
         if k + AHEAD < len(rows):
@@ -318,7 +348,10 @@ def _row_gradients(table, rows, starts, counts, order, pair_grads, radius, reg_w
         for d in range(len(g)):
             g[d] = 0.0
         for j in range(starts[k], starts[k] + counts[k]):
-            pair = pair_grads[order[j]]
+            slot = order[j]
+            if slot >= batch and score_grads[slot] == 0.0:
+                continue
+            pair = pair_grads[slot]
             for d in range(len(g)):
                 g[d] += pair[d]
         total += counts[k] * _finish_row(table[rows[k]], g, radius, reg_weight * counts[k])
@@ -340,11 +373,37 @@ def _bias_gradients(bias, rows, starts, counts, order, score_grads, reg_weight, 
     return total
 
 
-def _distinct(ids: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The sorted distinct ids; where each one's positions start in ``order`` and how many there are; and
-    ``order``, the positions of ``ids`` sorted by id. Sorts each id with its position packed below it
-    (ids are below 2^31): numpy's vectorised sort of int64 runs 2x its argsort here."""
+def _distinct(ids: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+    """The sorted distinct ids (each below ``size``); where each one's positions start in ``order`` and how many
+    there are; and ``order``, the positions of ``ids`` sorted by id, stably. A counting sort where the ids are
+    dense (a batch's items), else numpy's sort of each id with its position packed below it (ids are below
+    2^31), which runs 2x its argsort."""
+    if size <= 4 * len(ids):
+        return _counting_runs(ids, size)
     return _runs(np.sort((ids << 32) | np.arange(len(ids))))
+
+
+@numba.njit(cache=True, nogil=True)
+def _counting_runs(ids, size):
+    """``_distinct``'s arrays by counting: two passes over ``ids`` and one over the ``size`` counts."""
+    first = np.zeros(size + 1, np.int64)
+    for j in range(len(ids)):
+        first[ids[j] + 1] += 1
+    distinct = 0
+    for row in range(size):
+        distinct += first[row + 1] > 0
+        first[row + 1] += first[row]
+    rows, starts, counts = np.empty(distinct, np.int64), np.empty(distinct, np.int64), np.empty(distinct, np.int64)
+    n = 0
+    for row in range(size):
+        if first[row + 1] > first[row]:
+            rows[n], starts[n], counts[n] = row, first[row], first[row + 1] - first[row]
+            n += 1
+    order, next_slot = np.empty(len(ids), np.int64), first[:size].copy()
+    for j in range(len(ids)):
+        order[next_slot[ids[j]]] = j
+        next_slot[ids[j]] += 1
+    return rows, starts, counts, order
 
 
 @numba.njit(cache=True, nogil=True)
@@ -387,26 +446,23 @@ class _FusedLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, user_weight, item_weight, keys, memory, bias, users, pos_items, neg_items, model):
-        config = model.config
-        reg_weight = config.reg_weight if config.regularizer == "batch" else 0.0
-        options = _Options(math.inf if config.clip_radius is None else float(config.clip_radius), reg_weight,
-                           float(config.margin), float(config.temperature), LOSS_CODES[config.loss],
-                           config.distance == "squared", config.use_memory, config.item_bias, config.num_items)
+        options = model.fused_options()
+        reg_weight = options.reg_weight
         tables = user_weight.detach().numpy(), item_weight.detach().numpy()
         dim = tables[0].shape[1]
-        if config.use_memory:
+        if options.use_memory:
             keys_t, memory_np = keys.detach().T.contiguous().numpy(), memory.detach().numpy()
         else:
             keys_t = memory_np = np.zeros((0, dim), dtype=np.float32)
-        bias_np = bias.detach().numpy() if config.item_bias else np.zeros((1, 1), dtype=np.float32)
+        bias_np = bias.detach().numpy() if options.use_bias else np.zeros((1, 1), dtype=np.float32)
         users, pos_items, neg_items = (_ids(ids, len(table), name) for ids, table, name in
                                        ((users, tables[0], "user"), (pos_items, tables[1], "item"),
                                         (neg_items, tables[1], "item")))
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
         chunks, batch, k, slots = numba.get_num_threads(), len(users), neg_items.shape[1], len(memory_np)
-        user_rows, user_starts, user_counts, user_order = _distinct(users)
+        user_rows, user_starts, user_counts, user_order = _distinct(users, len(tables[0]))
         pos_items, neg_items = pos_items[user_order], neg_items[user_order]  # the pairs user by user
-        item_rows, *item_csr = _distinct(np.concatenate([pos_items, neg_items.reshape(-1)]))
+        item_rows, *item_csr = _distinct(np.concatenate([pos_items, neg_items.reshape(-1)]), len(tables[1]))
         slots_per_batch = (1 + k) * batch
         user_grads = np.empty((len(user_rows), dim), dtype=np.float32)
         item_grads = np.empty((len(item_rows), dim), dtype=np.float32)
@@ -418,20 +474,20 @@ class _FusedLoss(torch.autograd.Function):
                    options.as_tuple(), out)
         _, pair_item_grads, score_grads, products, attentions, towards, logit_grads, sums = out
         loss, user_norms = sums.sum(axis=0)
-        row_norms = user_norms + _row_gradients(tables[1], item_rows, *item_csr, pair_item_grads, options.radius,
-                                                reg_weight, item_grads)
+        row_norms = user_norms + _row_gradients(tables[1], item_rows, *item_csr, pair_item_grads, score_grads, batch,
+                                                options.radius, reg_weight, item_grads)
         grads = [_sparse_rows(user_rows, user_grads, user_weight.shape),
                  _sparse_rows(item_rows, item_grads, item_weight.shape), None, None, None]
-        if config.item_bias:
+        if options.use_bias:
             bias_grads = np.empty((len(item_rows), 1), dtype=np.float32)
             row_norms += _bias_gradients(bias_np, item_rows, *item_csr, score_grads, reg_weight, bias_grads)
             grads[4] = _sparse_rows(item_rows, bias_grads, bias.shape)
-        if config.use_memory:
+        if options.use_memory:
             grads[2] = torch.from_numpy(products).T @ torch.from_numpy(logit_grads)
             grads[3] = torch.from_numpy(attentions).T @ torch.from_numpy(towards)
         if reg_weight:
             loss += 0.5 * reg_weight * row_norms
-            if config.use_memory:
+            if options.use_memory:
                 shared = model.shared_term_weight
                 loss += 0.5 * reg_weight * shared * float(keys.detach().pow(2).sum() + memory.detach().pow(2).sum())
                 grads[2] += reg_weight * shared * keys.detach()
@@ -462,23 +518,25 @@ def _sparse_rows(rows: np.ndarray, values: np.ndarray, shape: torch.Size) -> tor
 
 
 def supports(model, users: torch.Tensor) -> bool:
-    """Whether this fused pass computes ``model.loss`` here: CPU float32 sparse tables, gradients on, and a
-    variant it implements (the negatives scored with the positive pair's relation, no dense regulariser)."""
-    config = model.config
+    """Whether this fused pass computes ``model.loss`` here: a variant it implements (``fused_options``), CPU
+    float32 sparse tables, gradients on."""
+    options = model.fused_options()
+    if options is None:
+        return False
     tables = [model.user_embedding.weight, model.item_embedding.weight]
-    if config.item_bias:
+    if options.use_bias:
         tables.append(model.item_bias.weight)
-    return (torch.is_grad_enabled() and len(users) > 0 and users.device.type == "cpu" and config.sparse
+    return (torch.is_grad_enabled() and len(users) > 0 and users.device.type == "cpu" and model.config.sparse
             and all(t.requires_grad and t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
-                    for t in tables)
-            and config.negative_relation == "positive" and config.regularizer in ("batch", "none"))
+                    for t in tables))
 
 
 def loss(model, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
     """``model.loss`` of the batch through the fused pass, ``neg_items`` of shape (batch, k); call only where
     ``supports`` holds."""
-    keys = model.keys if model.config.use_memory else None
-    memory = model.memory if model.config.use_memory else None
-    bias = model.item_bias.weight if model.config.item_bias else None
+    options = model.fused_options()
+    keys = model.keys if options.use_memory else None
+    memory = model.memory if options.use_memory else None
+    bias = model.item_bias.weight if options.use_bias else None
     return _FusedLoss.apply(model.user_embedding.weight, model.item_embedding.weight, keys, memory, bias,
                             users, pos_items, neg_items, model)

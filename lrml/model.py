@@ -10,6 +10,7 @@ CML (Hsieh et al., WWW 2017) is the same model with the relation fixed to zero.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,10 @@ class Recommender(nn.Module):
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
         """Scores of the given users against every item, shape (len(users), num_items)."""
         raise NotImplementedError
+
+    def fused_options(self) -> fused.Options | None:
+        """The compiled CPU loss's description of this model, or None where ``lrml.fused`` lacks its variant."""
+        return None
 
     @torch.no_grad()
     def recommend(self, users: torch.Tensor, k: int = 10, exclude: list | None = None) -> torch.Tensor:
@@ -208,6 +213,16 @@ class LRML(Recommender):
     def _item_tables(self) -> tuple[nn.Embedding, ...]:
         """The tables looked up per item: the embeddings, and the bias when the model has one."""
         return (self.item_embedding, self.item_bias) if self.config.item_bias else (self.item_embedding,)
+
+    def fused_options(self) -> fused.Options | None:
+        """The negatives scored with the positive pair's relation, no dense regulariser."""
+        config = self.config
+        if config.negative_relation != "positive" or config.regularizer not in ("batch", "none"):
+            return None
+        return fused.Options(math.inf if config.clip_radius is None else config.clip_radius,
+                             config.reg_weight if config.regularizer == "batch" else 0.0, config.margin,
+                             config.temperature, config.loss, config.distance, config.use_memory, config.item_bias,
+                             config.num_items)
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
         neg_items = losses.as_negatives(neg_items)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from lrml import fused
+from lrml.baselines import BPRMF, BPRConfig
 from lrml.model import LRML, LRMLConfig
-from lrml.train import TrainConfig, build_model
+from lrml.train import TrainConfig, build_model, defaults
 
 USERS, ITEMS, DIM, SLOTS = 12, 9, 6, 5
 
@@ -27,6 +28,17 @@ def model_with(**options) -> LRML:
             model.memory.normal_(0.0, 0.5)
         if model.config.item_bias:
             model.item_bias.weight.normal_(0.0, 0.3)
+    return model
+
+
+def bpr_with(**options) -> BPRMF:
+    """A small BPR-MF whose scores spread widely enough that the logistic loss is not flat."""
+    torch.manual_seed(0)
+    model = BPRMF(BPRConfig(USERS, ITEMS, DIM, **{"reg_weight": 0.1, **options}))
+    with torch.no_grad():
+        for table in (model.user_embedding.weight, model.item_embedding.weight):
+            table.normal_(0.0, 0.6)
+        model.item_bias.weight.normal_(0.0, 0.3)
     return model
 
 
@@ -87,6 +99,29 @@ def test_every_loss_negatives_and_bias_equal_autograd(options):
     assert_fused_equals_autograd(model, *triples)
 
 
+@pytest.mark.parametrize("loss", ["bpr", "softmax"])
+@pytest.mark.parametrize("negatives", [1, 4])
+def test_bpr_mf_losses_equal_autograd(loss, negatives):
+    model = bpr_with(loss=loss, temperature=0.3)
+    triples = batch(negatives=negatives)
+    assert fused.supports(model, triples[0])
+    assert_fused_equals_autograd(model, *triples)
+
+
+def test_bpr_loss_by_hand():
+    """One pair, two negatives: sum_n log(1 + exp(s-_n - s+)), with scores p . q + b; nothing regularised."""
+    model = bpr_with(reg_weight=0.0)
+    with torch.no_grad():
+        model.user_embedding.weight[0] = torch.tensor([1.0, 2.0, 0, 0, 0, 0])
+        for item, (vector, bias) in enumerate((([0.5, 0.5], 0.1), ([1.0, -1.0], 0.0), ([0.0, 3.0], -0.4))):
+            model.item_embedding.weight[item] = torch.tensor([*vector, 0, 0, 0, 0])
+            model.item_bias.weight[item] = bias
+    pos, negatives = 1.5 + 0.1, (-1.0, 6.0 - 0.4)  # p . q + b for the positive and each negative
+    expected = sum(math.log1p(math.exp(neg - pos)) for neg in negatives)
+    loss = model.loss(torch.tensor([0]), torch.tensor([0]), torch.tensor([[1, 2]]))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_warp_weights_the_closest_negative_by_the_violators():
     """By hand: one pair, three negatives, two of them inside the margin; only the closest one has a gradient."""
     model = model_with(loss="warp", use_memory=False, clip_radius=None, regularizer="none", margin=1.0)
@@ -106,8 +141,8 @@ def test_warp_weights_the_closest_negative_by_the_violators():
 
 
 def test_a_nan_score_gives_a_nan_loss_for_every_loss():
-    for loss in ("hinge", "warp", "softmax"):
-        model = model_with(loss=loss)
+    for loss, model in [*((loss, model_with(loss=loss)) for loss in ("hinge", "warp", "softmax")),
+                        ("bpr", bpr_with())]:
         with torch.no_grad():
             model.item_embedding.weight[3] = float("nan")
         users, pos, neg = batch(negatives=3)
@@ -189,6 +224,7 @@ def test_the_trainer_default_takes_the_fused_path_and_variants_it_lacks_do_not()
     users = batch()[0]
     assert fused.supports(build_model(TrainConfig(), USERS, ITEMS), users)
     assert fused.supports(build_model(TrainConfig(model="cml"), USERS, ITEMS), users)
+    assert fused.supports(build_model(defaults("bpr"), USERS, ITEMS), users)
     assert not fused.supports(model_with(negative_relation="own"), users)
     assert not fused.supports(model_with(regularizer="seed", sparse=False), users)
     with torch.no_grad():

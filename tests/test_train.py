@@ -27,6 +27,17 @@ def test_negatives_are_unseen_and_uniform(small_dataset):
     assert (counts > 0).sum() > 0.99 * unseen_0 * (1 - np.exp(-50_000 / unseen_0))
 
 
+def test_the_samplers_membership_test_is_the_search_of_all_keys(small_dataset):
+    d = small_dataset
+    sampler = NegativeSampler(d.train_keys, d.num_items, seed=0)
+    assert sampler.seen(d.train_users.astype(np.int64), d.train_items.astype(np.int64)).all()
+    rng = np.random.default_rng(1)  # every user, one past the last that has a key, and every item
+    users = rng.integers(0, d.num_users + 1, 200_000)
+    items = rng.integers(0, d.num_items, 200_000)
+    expected = contains(d.train_keys, users * d.num_items + items)
+    assert expected.any() and (sampler.seen(users, items) == expected).all()
+
+
 class RecordingBPR(BPRMF):
     """BPR-MF that keeps the negatives of every batch it trains on."""
 
