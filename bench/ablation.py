@@ -77,7 +77,7 @@ def arm_search(full: SearchRecord, model: str, arm: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", required=True, help="the full LRML search, a name under results/ray/")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)

@@ -114,7 +114,7 @@ def run_search(name: str, model: str, num_samples: int, max_epochs: int, patienc
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", default="budget-lrml", help="the search without early stopping (run if missing)")
     parser.add_argument("--model", default="lrml")
     parser.add_argument("--num-samples", type=int, default=64)

@@ -37,7 +37,7 @@ def fit_once(shape: str) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=["ml-1m", "ml-10m"], choices=list(SHAPES))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process's shape
     args = parser.parse_args()

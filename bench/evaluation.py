@@ -53,7 +53,7 @@ def users_per_second(evaluator: Evaluator, model: LRML, protocol: str) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=["ml-1m", "ml-20m"], choices=list(SHAPES))
     parser.add_argument("--full-users", type=int, default=8192, help="users timed for full ranking at most")
     parser.add_argument("--dim", type=int, default=100)

@@ -89,7 +89,7 @@ def row(name: str, pairs_per_second: float, cost: tuple[float, float], peak_flop
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per training measurement")
     parser.add_argument("--dim", type=int, default=100)
     parser.add_argument("--memory", type=int, default=20)

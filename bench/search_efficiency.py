@@ -87,7 +87,7 @@ def time_to(curve: pd.DataFrame, target: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", default=["ml-latest-small:3:64"],
                         help="DATASET:SEEDS:TRIALS, each seed one search of TRIALS trials per combination")
     parser.add_argument("--combinations", nargs="+", default=list(COMBINATIONS), help="SEARCHER+SCHEDULER")

@@ -87,7 +87,7 @@ def setup_costs(spec: TrialSpec) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--dataset", default="ml-latest-small")

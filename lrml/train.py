@@ -302,7 +302,7 @@ def yes_or_no(text: str) -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lrml.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lrml.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="ml-latest-small", help="MovieLens release (default: the bundled ml-latest-small)")
     parser.add_argument("--data-dir", help="the release's archive or extracted folder (default: bundled copy or download)")
     parser.add_argument("--prepared-dir", help="where the prepared Parquet folder goes (default: under $LRML_DATA_HOME)")

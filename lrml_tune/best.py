@@ -150,7 +150,7 @@ def ease_result(dataset: Dataset, evaluator: Evaluator) -> compare.ModelResult |
 
 def run(argv: list[str]) -> int:
     """The command without the error handling of ``main``."""
-    parser = argparse.ArgumentParser(prog="python tune/best.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python tune/best.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", help="LRML experiment folder, s3:// or gs:// URI, or name under results/ray/")
     parser.add_argument("--tune-baselines", action="store_true",
                         help="search CML and BPR-MF with the LRML search's budget where no such search exists yet")

@@ -44,7 +44,7 @@ SEARCHABLE_MODELS = tuple(model for model in MODELS if model not in ("ease", "po
 
 def parse_args(argv: list[str] | None = None) -> tuple[SearchSettings, bool]:
     """The search's settings from the command line, and whether to resume; ``--resume`` reads them back instead."""
-    parser = argparse.ArgumentParser(prog="python tune/search.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python tune/search.py", description=__doc__.split("\n\n")[0])
     defaults = SearchSettings
     parser.add_argument("--num-samples", type=int, default=defaults.num_samples,
                         help=f"trials to run (default {defaults.num_samples})")
