@@ -74,9 +74,9 @@ def test_tpe_learns_over_the_conditional_space():
 
 def test_values_at_the_ends_of_a_range_are_named():
     space = load_space(default_space_file("lrml"))
-    found = at_edges(space, {"embedding_dim": 256, "memory_size": 20, "loss": "softmax", "temperature": 0.0021,
+    found = at_edges(space, {"embedding_dim": 512, "memory_size": 20, "loss": "softmax", "temperature": 0.0021,
                              "optimizer": "adagrad", "lr": 0.2, "reg_weight": 0.001, "batch_size": 1024})
-    assert found == ["embedding_dim=256 is the highest the space allows [32, 64, 100, 128, 256]",
+    assert found == ["embedding_dim=512 is the highest the space allows [32, 64, 100, 128, 256, 512]",
                      "temperature=0.0021 is the lowest the space allows [0.002, 1] when loss is softmax"]
 
 
@@ -121,7 +121,7 @@ def test_the_search_record_reads_back_as_the_same_types(tmp_path):
     record.write()
     found = SearchRecord.read(str(tmp_path / "e"))
     assert found == record and isinstance(found.settings.space["embedding_dim"], Param)
-    assert found.settings.space["embedding_dim"].values == (32, 64, 100, 128, 256)
+    assert found.settings.space["embedding_dim"].values == (32, 64, 100, 128, 256, 512)
     assert found.settings.space["lr[adagrad]"].when == {"optimizer": ("adagrad",)} and found.outcome.still_improving
     assert found.outcome.training_share == pytest.approx(15.0 / (10.0 * 2))
     raw = json.loads((tmp_path / "e" / RECORD_FILE).read_text())
