@@ -2,10 +2,10 @@
 
 A one-worker trial trains inside the Tune trial's own process, which Tune reuses from trial to
 trial, so a trial starts in well under a second. A trial of several workers (or one asked to) fits
-a Ray Train ``TorchTrainer``: each worker has Ray Data read from ``train.parquet`` the pairs of its own
-block of users (``lrml.data.Shard``), the ``lrml.parallel.Collective`` strategy sums gradients over the
-workers (gloo on CPU, NCCL on GPU; sparse embedding gradients stay sparse) and shares rank 0's validation
-metrics, so every worker reports the same numbers the same number of times. Both paths report every epoch, attach a
+a Ray Train ``TorchTrainer``: each worker reads from ``train.parquet`` the pairs of its own block of
+users (``lrml.data.Shard``), the ``lrml.parallel.Collective`` strategy sums gradients over the workers (gloo on CPU, NCCL on GPU;
+sparse embedding gradients stay sparse) and shares rank 0's validation metrics, so every worker
+reports the same numbers the same number of times. Both paths report every epoch, attach a
 checkpoint whenever validation improves, and continue from the trial's checkpoint after a failure.
 """
 from __future__ import annotations
@@ -19,23 +19,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import ray.data
 import ray.train
 import ray.tune
 import torch
-from ray.data.expressions import col
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from lrml import checkpoint as checkpoints
-from lrml.data import Dataset, Shard, load_dataset, prepare, read_manifest
+from lrml.data import Dataset, Shard, load_dataset, prepare
 from lrml.parallel import Collective, SingleProcess
 from lrml.train import MONITOR, EpochReport, TrainConfig, Trainer
 
 CHECKPOINT_FILE = "model.pt"
-NODE_ID_LABEL = "ray.io/node-id"  # the label Ray gives every node, its id
 # A trial that fits a TorchTrainer only waits on it: no CPU (a fraction would strand a node's CPU),
 # a little memory because Ray needs a non-empty request.
 WAITING_TRIAL_RESOURCES = {"CPU": 0, "memory": 128 * 2**20}
@@ -50,41 +46,22 @@ class DatasetRef:
     data_dir: str | None
     fingerprint: str
 
-    def load(self, shard: Shard | None = None, ray_data: bool = False) -> Dataset:
-        """The dataset; with ``shard``, only that block of users' training pairs, read through Ray Data if asked."""
-        return _load(self, shard, ray_data)
+    def load(self, shard: Shard | None = None) -> Dataset:
+        return _load(self, shard)
 
 
 @functools.lru_cache(maxsize=2)
-def _load(ref: DatasetRef, shard: Shard | None, ray_data: bool) -> Dataset:
-    """The dataset (or a worker's shard of its training pairs, read through Ray Data), loaded once per process
-    (Tune reuses a trial's process for the next trial)."""
+def _load(ref: DatasetRef, shard: Shard | None) -> Dataset:
+    """The dataset (or a worker's shard of its training pairs), loaded once per process (Tune reuses a
+    trial's process for the next trial)."""
     path = ref.path
     if not Path(path, "manifest.json").exists():
         path = str(prepare(ref.name, ref.data_dir, progress=False))
-    dataset = load_dataset(path, shard, _read_block(path, shard) if shard and ray_data else None)
+    dataset = load_dataset(path, shard)
     if dataset.fingerprint != ref.fingerprint:
         raise RuntimeError(f"dataset at {path} on this node has fingerprint {dataset.fingerprint}, the search's is "
                            f"{ref.fingerprint}")
     return dataset
-
-
-def _read_block(path: str, shard: Shard) -> tuple[np.ndarray, np.ndarray]:
-    """A worker's block of users' training pairs, read from ``train.parquet`` by Ray Data. The filter on the
-    user column is pushed down to the file scan, which skips other users' row groups. The read tasks ask for
-    no CPU, since the Train workers hold the trial's CPUs and a read waiting for one would wait forever; they
-    run on this worker's node, whose disk has the prepared folder."""
-    first, end = shard.user_range(read_manifest(path)["counts"]["users"])
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # a worker's log is no console
-    context.use_datasource_v2 = False  # its file-listing tasks ask for a CPU, which no task gets here
-    here = {"num_cpus": 0, "label_selector": {NODE_ID_LABEL: ray.get_runtime_context().get_node_id()}}
-    block = (ray.data.read_parquet(str(Path(path) / "train.parquet"), **here)
-             .select_columns(["user", "item"], **here)
-             .filter(expr=(col("user") >= first) & (col("user") < end), **here))
-    batches = list(block.iter_batches(batch_size=None, batch_format="numpy"))
-    return tuple(np.concatenate([batch[name] for batch in batches]) if batches else np.empty(0, np.int32)
-                 for name in ("user", "item"))
 
 
 @dataclass(frozen=True)
@@ -99,7 +76,6 @@ class TrialSpec:
     ray_train: bool = False  # fit a TorchTrainer (always when workers > 1); else train in the trial's process
     train_storage: str | None = None  # where TorchTrainer runs keep their checkpoints
     max_failures: int = 0  # TorchTrainer restarts after a worker fails or its workers could not start
-    ray_data_reads: bool = True  # workers of several read their pairs through Ray Data; False: pyarrow, directly
 
     def __post_init__(self):
         if self.workers > 1 and not self.ray_train:
@@ -133,7 +109,7 @@ def _train_here(config: TrainConfig, spec: TrialSpec) -> None:
     torch.set_num_threads(spec.threads)
     dataset = spec.dataset.load()
     trainer = Trainer(config, dataset, device=spec.device())
-    where = _announce(ray.tune.get_context().get_trial_id(), 0, 1, len(dataset.train_users), "pyarrow")
+    where = _announce(ray.tune.get_context().get_trial_id(), 0, 1, len(dataset.train_users))
     resume = _read_checkpoint(ray.tune.get_checkpoint(), dataset.fingerprint)
     trainer.fit(callback=_reporter(ray.tune.report, ray.tune.Checkpoint, where, rank=0), final_eval=False,
                 resume=resume)
@@ -161,20 +137,19 @@ def _worker_loop(config: TrainConfig, spec: TrialSpec, trial_id: str) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(spec.threads)
     device = ray.train.torch.get_device() if spec.device().type == "cuda" else torch.device("cpu")
-    ray_data = world > 1 and spec.ray_data_reads
-    dataset = spec.dataset.load(Shard(rank, world) if world > 1 else None, ray_data)
+    dataset = spec.dataset.load(Shard(rank, world) if world > 1 else None)
     trainer = Trainer(config, dataset, Collective() if world > 1 else SingleProcess(), device)
-    where = _announce(trial_id, rank, world, len(dataset.train_users), "ray.data" if ray_data else "pyarrow")
+    where = _announce(trial_id, rank, world, len(dataset.train_users))
     trainer.fit(callback=_reporter(ray.train.report, ray.train.Checkpoint, where, rank), final_eval=False,
                 resume=_read_checkpoint(ray.train.get_checkpoint(), dataset.fingerprint))
 
 
-def _announce(trial_id: str, rank: int, world: int, pairs: int, reader: str) -> dict:
-    """Say where this worker trains, on how much data and what read it; the same facts go with every report."""
+def _announce(trial_id: str, rank: int, world: int, pairs: int) -> dict:
+    """Say where this worker trains and on how much data; the same facts go with every report."""
     node = _node_ip()
-    print(f"run {trial_id}: worker rank {rank} of {world} (pid {os.getpid()}, node {node}): {pairs} training pairs "
-          f"read by {reader}", flush=True)
-    return {"workers": world, "worker_pairs": pairs, "train_node_ip": node, "train_reader": reader}
+    print(f"run {trial_id}: worker rank {rank} of {world} (pid {os.getpid()}, node {node}): {pairs} training pairs",
+          flush=True)
+    return {"workers": world, "worker_pairs": pairs, "train_node_ip": node}
 
 
 def _node_ip() -> str:
@@ -195,12 +170,12 @@ def _reporter(report: Callable, checkpoint_class, where: dict, rank: int) -> Cal
     """A fit callback that reports every epoch; rank 0 attaches a checkpoint when validation improved.
 
     ``last_epoch`` tells the searcher that the trial ended by itself (max epochs or patience), not
-    because the scheduler stopped it; ``peak_rss_mb`` is the largest worker process's peak resident memory so
-    far (a reused process: over every trial it ran).
+    because the scheduler stopped it; ``peak_rss_mb`` is the worker process's peak resident memory so far
+    (a reused process: over every trial it ran).
     """
     def report_epoch(epoch: EpochReport) -> None:
-        peak_kb = epoch.trainer.parallel.agree_max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-        metrics = {**epoch.metrics, **where, "last_epoch": epoch.last, "peak_rss_mb": peak_kb / 1024}
+        metrics = {**epoch.metrics, **where, "last_epoch": epoch.last,
+                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if not (epoch.improved and rank == 0):
             report(metrics)
             return
