@@ -222,11 +222,12 @@ def _item_gradients(t, q, pos_factor, items_w, negatives, scales, factors, grads
     """The gradients at the clipped items and at ``t`` (into ``toward``): for a distance ``grads[x] g_x (t - q_x)``
     and their negated sum, for the dot product ``grads[x] t`` and ``sum_x grads[x] q_x``."""
     weight = grads[0] * pos_factor
-    for d in range(len(t)):
-        if product:
+    if product:
+        for d in range(len(t)):
             out_q[d] = weight * t[d]
             toward[d] = weight * q[d]
-        else:
+    else:
+        for d in range(len(t)):
             out_q[d] = weight * (t[d] - q[d])
             toward[d] = -out_q[d]
     for n in range(len(negatives)):
@@ -445,8 +446,7 @@ class _FusedLoss(torch.autograd.Function):
     the backward only scales them): sparse, coalesced rows for the tables, dense for keys and memory."""
 
     @staticmethod
-    def forward(ctx, user_weight, item_weight, keys, memory, bias, users, pos_items, neg_items, model):
-        options = model.fused_options()
+    def forward(ctx, user_weight, item_weight, keys, memory, bias, users, pos_items, neg_items, model, options):
         reg_weight = options.reg_weight
         tables = user_weight.detach().numpy(), item_weight.detach().numpy()
         dim = tables[0].shape[1]
@@ -500,7 +500,7 @@ class _FusedLoss(torch.autograd.Function):
         grads, ctx.grads = ctx.grads, None  # hand the gradients over: autograd copies a tensor still referenced
         if not bool(grad_loss == 1):
             grads = [g if g is None else g * grad_loss for g in grads]
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 def _ids(ids: torch.Tensor, size: int, kind: str) -> np.ndarray:
@@ -539,4 +539,4 @@ def loss(model, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.T
     memory = model.memory if options.use_memory else None
     bias = model.item_bias.weight if options.use_bias else None
     return _FusedLoss.apply(model.user_embedding.weight, model.item_embedding.weight, keys, memory, bias,
-                            users, pos_items, neg_items, model)
+                            users, pos_items, neg_items, model, options)
