@@ -34,6 +34,11 @@ SCORE_CODES = {"l2": 0, "squared": 1, "product": 2}  # LRML's distances (``LRMLC
 L2, SQUARED, PRODUCT = SCORE_CODES.values()
 
 
+def use_torch_threads() -> None:
+    """Run numba's parallel loops on as many threads as torch's (at most the pool numba started with)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
 @numba.njit(**KERNEL)
 def _squared_norm(x):
     """``||x||^2`` in float32, as torch's norm of a float32 row."""
@@ -458,7 +463,7 @@ class _FusedLoss(torch.autograd.Function):
         users, pos_items, neg_items = (_ids(ids, len(table), name) for ids, table, name in
                                        ((users, tables[0], "user"), (pos_items, tables[1], "item"),
                                         (neg_items, tables[1], "item")))
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        use_torch_threads()
         chunks, batch, k, slots = numba.get_num_threads(), len(users), neg_items.shape[1], len(memory_np)
         user_rows, user_starts, user_counts, user_order = _distinct(users, len(tables[0]))
         pos_items, neg_items = pos_items[user_order], neg_items[user_order]  # the pairs user by user

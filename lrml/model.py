@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lrml import fused, losses
+from lrml import fused, losses, scoring
 from lrml.errors import UserError
 
 DISTANCES = ("l2", "squared")
@@ -201,7 +201,7 @@ class LRML(Recommender):
 
     def _distance_score(self, squared: torch.Tensor) -> torch.Tensor:
         """The score of a squared distance: ``-d^2``, or the authors' ``-sqrt(d^2 + 1e-3)``."""
-        return -squared if self.config.distance == "squared" else -torch.sqrt(squared + 1e-3)
+        return -squared if self.config.distance == "squared" else -torch.sqrt(squared + fused.EPS)
 
     def _score_translated(self, translated: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """The score of item vectors ``q`` for users already moved by their relation, ``p + r``."""
@@ -284,18 +284,26 @@ class LRML(Recommender):
         so each (user, item) pair costs work over the N memory slots, not the d dimensions."""
         p = self._clip(self.user_embedding(users))
         q = self._clip(self.item_embedding.weight)
+        bias = self.item_bias.weight if self.config.item_bias else None
+        if self.config.use_memory and p.device.type == "cpu" and p.dtype == torch.float32:
+            return scoring.lrml_scores(p, q, self.keys, self.memory, self.config.distance == "l2", bias)
         apart = (p.pow(2).sum(1, keepdim=True) + q.pow(2).sum(1) - 2 * p @ q.T).clamp_(min=0)  # ||p - q||^2
         if self.config.use_memory:
-            memory = self.memory
-            gram, memory_p, memory_q = memory @ memory.T, 2 * p @ memory.T, 2 * q @ memory.T  # (N, N), (B, N), (I, N)
-            user_keys = p.unsqueeze(2) * self.keys  # (B, d, N): the attention logits of user b and item i are q_i K_b
-            item_chunk = max(1, min(len(q), SCORE_CHUNK_ELEMENTS // max(1, len(p) * self.config.memory_size)))
-            for start in range(0, len(q), item_chunk):
-                chunk = slice(start, start + item_chunk)
-                attention = torch.matmul(q[chunk], user_keys).softmax(dim=-1)  # (B, I, N)
-                # a (M M^T) a^T + 2 a M (p - q) = a . (a M M^T + 2 M p - 2 M q), one product over the slots
-                shifted = (attention @ gram).add_(memory_p.unsqueeze(1)).sub_(memory_q[chunk])
-                apart[:, chunk] += shifted.mul_(attention).sum(-1)
+            self._add_relation_terms(apart, p, q)
             apart.clamp_(min=0)
         scores = self._distance_score(apart)
-        return scores + self.item_bias.weight.T if self.config.item_bias else scores
+        return scores if bias is None else scores + bias.T
+
+    def _add_relation_terms(self, apart: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> None:
+        """Adds ``a (M M^T) a^T + 2 a M (p - q)`` to ``apart``, ``||p - q||^2``: ``lrml.scoring`` as torch operations,
+        for devices other than the CPU."""
+        memory = self.memory
+        gram, memory_p, memory_q = memory @ memory.T, 2 * p @ memory.T, 2 * q @ memory.T  # (N, N), (B, N), (I, N)
+        user_keys = p.unsqueeze(2) * self.keys  # (B, d, N): the attention logits of user b and item i are q_i K_b
+        item_chunk = max(1, min(len(q), SCORE_CHUNK_ELEMENTS // max(1, len(p) * self.config.memory_size)))
+        for start in range(0, len(q), item_chunk):
+            chunk = slice(start, start + item_chunk)
+            attention = torch.matmul(q[chunk], user_keys).softmax(dim=-1)  # (B, I, N)
+            # a (M M^T) a^T + 2 a M (p - q) = a . (a M M^T + 2 M p - 2 M q), one product over the slots
+            shifted = (attention @ gram).add_(memory_p.unsqueeze(1)).sub_(memory_q[chunk])
+            apart[:, chunk] += shifted.mul_(attention).sum(-1)

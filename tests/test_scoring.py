@@ -1,0 +1,87 @@
+"""The compiled full ranking of ``lrml/scoring.py`` against the same scores from PyTorch in float64."""
+import pytest
+import torch
+
+from lrml import scoring
+from lrml.model import LRML, LRMLConfig
+
+UNIT_ROUNDOFF = 2.0 ** -24  # float32's
+# Users and items that leave a partial user block and a partial item chunk, so every edge is covered.
+USERS, ITEMS = scoring.USER_BLOCK * 2 + 3, scoring.ITEM_CHUNK * 2 + 41
+
+
+def trained_looking(dim: int, slots: int, **options) -> LRML:
+    """An LRML whose rows reach the clip radius and whose attention is peaked, so every term matters."""
+    torch.manual_seed(0)
+    model = LRML(LRMLConfig(USERS, ITEMS, dim, slots, **options)).eval()
+    with torch.no_grad():
+        for table in (model.user_embedding.weight, model.item_embedding.weight):
+            table.normal_(0.0, 0.5)
+        model.keys.normal_(0.0, 3.0)
+        model.memory.normal_(0.0, 0.5)
+        if model.config.item_bias:
+            model.item_bias.weight.normal_(0.0, 1.0)
+    return model
+
+
+def squared_distance_error_bound(model: LRML) -> float:
+    """A bound on float32's error in ``||p + r - q||^2``. With rows clipped to norm 1 and ``m`` the longest
+    memory row, the terms ``||p - q||^2``, ``a G a^T`` and ``2 a M (p - q)`` sum to at most ``S = (2 + m)^2`` in
+    absolute value, and each is a chain of at most ``d + N^2`` roundings, plus a few for the softmax and the
+    clipping: at most ``(d + N^2 + 10) u S``. A logit, at most ``L`` (the longest key column) in size, is off
+    by ``d u L`` at most, which moves the attention's terms, at most ``m^2 + 4m``, by that fraction."""
+    d, n = model.config.embedding_dim, model.config.memory_size
+    m = model.memory.norm(dim=1).max().item()
+    longest_key = model.keys.norm(dim=0).max().item()
+    return UNIT_ROUNDOFF * ((d + n * n + 10) * (2 + m) ** 2 + d * longest_key * (m * m + 4 * m))
+
+
+@pytest.mark.parametrize("dim, slots, options", [
+    (100, 20, {"distance": "squared"}),  # the defaults' shape
+    (32, 100, {"distance": "squared"}),  # more slots than dimensions: M M^T is singular
+    (16, 1, {"distance": "squared", "item_bias": True}),
+    (24, 7, {"item_bias": True}),  # the authors' -sqrt(d^2 + 1e-3); 7 slots leave a remainder of the 4-slot passes
+])
+def test_full_ranking_equals_float64_pytorch(dim, slots, options):
+    model = trained_looking(dim, slots, **options)
+    users = torch.arange(USERS)
+    compiled = model.score_all(users)
+    exact = model.double().score_all(users)  # float64 takes the PyTorch path (double() converts the model in place)
+    bound = squared_distance_error_bound(model)
+    if model.config.distance == "l2":  # d sqrt(x + eps) / dx = 1 / (2 sqrt(x + eps)) <= 1 / (2 sqrt(eps))
+        bound /= 2 * 1e-3 ** 0.5
+    assert compiled.dtype == torch.float32 and compiled.shape == (USERS, ITEMS)
+    assert (compiled.double() - exact).abs().max().item() <= bound
+    with torch.no_grad():
+        model.memory.zero_()  # the same (float64) model without its relation
+    # the relation moves the scores by far more than the tolerance, so dropping or garbling it fails
+    assert (model.score_all(users) - exact).abs().mean().item() > 5 * bound
+
+
+def test_scores_do_not_depend_on_the_thread_count():
+    """Each chunk is multiplied and scored by one thread whatever the pool's size, so a Ray actor with one
+    CPU ranks exactly as a process with all of them."""
+    model = trained_looking(32, 5)
+    users = torch.arange(USERS)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = model.score_all(users)
+        torch.set_num_threads(3)
+        pooled = model.score_all(users)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, pooled)
+
+
+def test_a_nan_weight_turns_the_scores_it_reaches_nan():
+    model = trained_looking(16, 6)
+    with torch.no_grad():
+        model.user_embedding.weight[3, 0] = float("nan")
+        model.item_embedding.weight[ITEMS - 1, 2] = float("nan")
+    scores = model.score_all(torch.arange(USERS))
+    assert scores[3].isnan().all() and scores[:, ITEMS - 1].isnan().all()
+    assert scores[:3, :ITEMS - 1].isfinite().all()
+    with torch.no_grad():
+        model.keys[0, 4] = float("nan")
+    assert model.score_all(torch.arange(4)).isnan().all()
