@@ -104,10 +104,12 @@ def test_a_trial_gives_the_same_metrics_in_its_own_process_and_as_a_ray_train_ru
 
 def test_two_workers_train_as_two_processes_do_without_ray(small_spec, tmp_path):
     """A two-worker trial gives, epoch by epoch, exactly the losses and metrics of the same two workers run as two
-    gloo processes outside Ray: Ray Train adds nothing to the training, and each worker reads its own users."""
-    spec = replace(small_spec, workers=2, cpus_per_worker=0.5, ray_train=True, train_storage=str(tmp_path / "train"))
+    gloo processes outside Ray that read with pyarrow: Ray Train and the Ray Data read add nothing to the training
+    (the pairs arrive in the file's order), and each worker gets its own users. The workers hold both of the
+    machine's CPUs, where a read from inside a worker found none."""
+    spec = replace(small_spec, workers=2, cpus_per_worker=1, ray_train=True, train_storage=str(tmp_path / "train"))
     two = fit_trial(spec, tmp_path, "two")
-    assert list(two["epoch"]) == [1, 2, 3] and two["workers"].iloc[0] == 2
+    assert list(two["epoch"]) == [1, 2, 3] and two["workers"].iloc[0] == 2 and two["train_reader"].iloc[0] == "ray.data"
     dataset = spec.dataset.load()
     # rank 0 reads the pairs of the first half of the users, every one of them and nothing else
     assert two["worker_pairs"].iloc[0] == (dataset.train_users < dataset.num_users // 2).sum()

@@ -286,10 +286,13 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def load_dataset(path: str | Path, shard: Shard | None = None) -> Dataset:
+def load_dataset(path: str | Path, shard: Shard | None = None,
+                 train_pairs: tuple[np.ndarray, np.ndarray] | None = None) -> Dataset:
     """Load a prepared folder (see ``read_manifest`` for what is refused).
 
     With ``shard``, only that shard's training pairs are read (row groups of other users are skipped).
+    ``train_pairs`` (users, items) are the shard's training pairs read elsewhere (``lrml.distributed`` reads a
+    worker's through Ray Data), in the file's order, used in place of reading ``train.parquet``.
     """
     path = Path(path)
     manifest = read_manifest(path)
@@ -302,7 +305,7 @@ def load_dataset(path: str | Path, shard: Shard | None = None) -> Dataset:
     if shard is not None:
         first, end = shard.user_range(manifest["counts"]["users"])
         block = [("user", ">=", first), ("user", "<", end)]
-    train_users, train_items = columns("train.parquet", "user", "item", filters=block)
+    train_users, train_items = train_pairs or columns("train.parquet", "user", "item", filters=block)
     valid_users, valid_items = columns("valid.parquet", "user", "item")
     test_users, test_items = columns("test.parquet", "user", "item")
     num_candidates = manifest["split_params"]["num_candidates"]
