@@ -3,6 +3,7 @@ import hashlib
 import http.server
 import json
 import multiprocessing
+import socket
 import threading
 import zipfile
 from dataclasses import replace
@@ -17,6 +18,7 @@ from lrml.data import (
     ChecksumError,
     DataError,
     DatasetMismatchError,
+    DownloadError,
     SplitParams,
     UnknownDatasetError,
     get_release,
@@ -109,6 +111,20 @@ def test_download_verifies_and_resumes_nothing_partial(tmp_path, loopback_server
         download(wrong, tmp_path / "again", progress=False)
     assert "0" * 64 in str(error.value) and release.archive_sha256 in str(error.value)
     assert [p.name for p in (tmp_path / "again").iterdir()] == ["ml-100k.zip.lock"]  # the partial file is removed
+
+
+def test_a_download_that_cannot_be_fetched_is_one_line_naming_the_url(tmp_path, loopback_server):
+    _, base = loopback_server
+    release = release_for(ml100k_zip(tmp_path / "ml-100k.zip"), base + "missing/ml-100k.zip")
+    with socket.socket() as probe:  # a loopback port with nothing listening: the connection is refused
+        probe.bind(("127.0.0.1", 0))
+        closed = replace(release, url=f"http://127.0.0.1:{probe.getsockname()[1]}/ml-100k.zip")
+    for unreachable, reason in ((release, "HTTP 404"), (closed, "refused")):
+        with pytest.raises(DownloadError) as error:
+            download(unreachable, tmp_path / "downloads", progress=False)
+        assert unreachable.url in str(error.value) and reason in str(error.value) and "--data-dir" in str(error.value)
+        assert "\n" not in str(error.value)
+        assert [p.name for p in (tmp_path / "downloads").iterdir()] == ["ml-100k.zip.lock"]  # nothing partial kept
 
 
 def test_truncated_and_non_zip_archives(tmp_path):

@@ -14,12 +14,13 @@ from lrml.data.errors import (
                               ChecksumError,
                               DataError,
                               DatasetMismatchError,
+                              DownloadError,
                               ParseError,
                               SplitError,
                               UnknownDatasetError,
 )
 from lrml.data.releases import RELEASES, Release, get_release
 
-__all__ = ["ArchiveError", "ChecksumError", "DataError", "Dataset", "DatasetMismatchError", "ParseError",
+__all__ = ["ArchiveError", "ChecksumError", "DataError", "Dataset", "DatasetMismatchError", "DownloadError", "ParseError",
            "RELEASES", "Release", "Shard", "SplitError", "SplitParams", "UnknownDatasetError", "data_home", "get_release",
            "load_dataset", "prepare", "prepare_frame", "read_manifest"]

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 from filelock import FileLock
 from tqdm import tqdm
 
-from lrml.data.errors import ChecksumError
+from lrml.data.errors import ChecksumError, DownloadError
 from lrml.data.releases import Release
 
 CHUNK_BYTES = 1 << 20
@@ -66,6 +67,12 @@ def _fetch(release: Release, target: Path, progress: bool) -> Path:
                     out.write(chunk)
                     bar.update(len(chunk))
         verify_archive(partial, release)
+    except (urllib.error.URLError, OSError) as error:  # no network, refused, timed out, or an HTTP error status
+        partial.unlink(missing_ok=True)
+        reason = f"HTTP {error.code} {error.reason}" if isinstance(error, urllib.error.HTTPError) else (
+            getattr(error, "reason", None) or error)
+        raise DownloadError(f"{release.url}: could not download {release.name} ({reason}); give its archive or "
+                            f"extracted folder with --data-dir") from error
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

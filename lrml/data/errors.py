@@ -11,6 +11,10 @@ class UnknownDatasetError(DataError):
     """A dataset name that is not a known MovieLens release."""
 
 
+class DownloadError(DataError):
+    """A release archive could not be fetched: no network, or the server refused or failed."""
+
+
 class ChecksumError(DataError):
     """A downloaded or given archive does not match its published size or digest."""
 
