@@ -23,8 +23,8 @@ DISTANCES = ("l2", "squared")
 NEGATIVE_RELATIONS = ("positive", "own")
 REGULARIZERS = ("batch", "none", "seed")
 INITS = ("authors", "seed")
-# Elements per (users, items, memory slots) chunk when scoring against all items: 4 MB of float32 stays in
-# a core's cache (bench/evaluation.py measures the sizes tried).
+# Elements per (users, items, memory slots) chunk when PyTorch scores against all items (devices other than the
+# CPU, whose path is lrml/scoring.py): 4 MB of float32.
 SCORE_CHUNK_ELEMENTS = 1 << 20
 
 
