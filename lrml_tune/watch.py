@@ -30,15 +30,9 @@ class ConsoleProgress(tune.Callback):
     def __init__(self, num_samples: int):
         self.num_samples = num_samples
         self.started = time.monotonic()
-        self.best: tuple[float, str] | None = None
 
     def setup(self, **info):
         self.started = time.monotonic()  # a resumed search counts from its own start
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get(MONITOR)
-        if value is not None and value == value and (self.best is None or value > self.best[0]):
-            self.best = (value, trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._print(trials, trial, "TERMINATED")
@@ -55,7 +49,10 @@ class ConsoleProgress(tune.Callback):
                       for trial, status in ended)
         running = sum(trial.status == "RUNNING" for trial in trials if trial is not ending)
         minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
-        best = f"best valid nDCG@10 {self.best[0]:.4f} ({self.best[1]})" if self.best else "no result yet"
+        # every trial's best so far, those of a resumed search's earlier runs included (Tune restores them)
+        seen = [(value, trial.trial_id) for trial in trials
+                if (value := trial.metric_analysis.get(MONITOR, {}).get("max")) is not None and value == value]
+        best = "best valid nDCG@10 {:.4f} ({})".format(*max(seen)) if seen else "no result yet"
         line = (f"[{minutes:3d}:{seconds:02d}] {len(ended)}/{self.num_samples} done, {stopped} stopped early, "
                 f"{failed} failed, {running} running | {best}")
         print(line[:CONSOLE_WIDTH], flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -48,6 +49,7 @@ def study(experiment: Path) -> optuna.Study:
 def test_ctrl_c_and_sigterm_stop_the_search_and_say_how_to_continue(tmp_path):
     storage = tmp_path / "ray"
     experiment = storage / "stopped"
+    shown = 0.0  # the best validation nDCG@10 the progress lines have shown so far
     for number, name in ((signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
         log = tmp_path / f"{name}.log"
         process = start(storage, "stopped", "--num-samples", "6", "--max-epochs", "3",
@@ -62,9 +64,17 @@ def test_ctrl_c_and_sigterm_stop_the_search_and_say_how_to_continue(tmp_path):
         assert "Tuner.restore" not in output and "best trial" not in output
         record = json.loads((experiment / "lrml_search.json").read_text())
         assert record["outcome"] is None  # no summary of an unfinished search
+        assert min(progress_bests(output), default=shown) >= shown  # a resumed run knows the earlier trials' best
+        shown = max(progress_bests(output), default=shown)
     resumed = subprocess.run([*SEARCH, "--resume", "--name", "stopped", "--storage-path", str(storage)], cwd=REPO,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and "6 trials (0 failed)" in resumed.stdout, resumed.stdout[-3000:]
+    assert shown > 0 and min(progress_bests(resumed.stdout)) >= shown
+
+
+def progress_bests(output: str) -> list[float]:
+    """The best validation nDCG@10 of each progress line, in order."""
+    return [float(value) for value in re.findall(r"\| best valid nDCG@10 ([0-9.]+) ", output)]
 
 
 def test_ctrl_c_while_every_trial_runs_is_an_interrupt_not_a_finished_search(tmp_path):
