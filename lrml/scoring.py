@@ -130,14 +130,13 @@ def lrml_scores(p: torch.Tensor, q: torch.Tensor, keys: torch.Tensor, memory: to
     scores = torch.empty(users, len(q))
     scores_np = scores.numpy()
     threads = max(1, torch.get_num_threads())
-    user_block, chunk = USER_BLOCK, ITEM_CHUNK
 
     def score_chunks(first: int) -> None:
-        buffer = np.empty(user_block * rows_per_user * chunk, np.float32)
-        for start in range(first * chunk, len(q), threads * chunk):
-            items = items_np[start:start + chunk]
-            for top in range(0, users, user_block):
-                block = slice(top, min(top + user_block, users))
+        buffer = np.empty(USER_BLOCK * rows_per_user * ITEM_CHUNK, np.float32)
+        for start in range(first * ITEM_CHUNK, len(q), threads * ITEM_CHUNK):
+            items = items_np[start:start + ITEM_CHUNK]
+            for top in range(0, users, USER_BLOCK):
+                block = slice(top, min(top + USER_BLOCK, users))
                 block_rows = user_rows[block.start * rows_per_user:block.stop * rows_per_user]
                 out = buffer[:len(block_rows) * len(items)].reshape(len(block_rows), -1)
                 logits = np.matmul(block_rows, items.T, out=out)

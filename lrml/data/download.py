@@ -67,7 +67,7 @@ def _fetch(release: Release, target: Path, progress: bool) -> Path:
                     out.write(chunk)
                     bar.update(len(chunk))
         verify_archive(partial, release)
-    except (urllib.error.URLError, OSError) as error:  # no network, refused, timed out, or an HTTP error status
+    except OSError as error:  # URLError is one: no network, refused, timed out, or an HTTP error status
         partial.unlink(missing_ok=True)
         reason = f"HTTP {error.code} {error.reason}" if isinstance(error, urllib.error.HTTPError) else (
             getattr(error, "reason", None) or error)
