@@ -4,7 +4,8 @@ The parts: the **budget** (back to 20 epochs, patience 5), the **space** (back t
 ranges, Adam alone), **negatives and loss** (one negative per positive and the model's own loss) and,
 for LRML and CML, the **item bias**. Each arm is ``tune/search.py`` as a user runs it, with the same
 seed, searcher and trials as the full search; its best configuration is retrained with the seeds
-``best.py`` uses and evaluated on test in both protocols, as is the full search's.
+``best.py`` uses (runs ``best.py`` already made are read back) and evaluated on test in both protocols, as is
+the full search's.
 
     python bench/ablation.py --full ml-latest-small-lrml-tpe-s0       # writes results/ablation.md and .json
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from lrml.data import prepare
 from lrml_tune.compare import BASELINES, LABELS, RETRAIN_SEEDS, baseline_name, candidates
 from lrml_tune.experiment import Experiment
+from lrml_tune.retrain import RunStore
 from lrml_tune.settings import SearchRecord
 from lrml_tune.space import default_space_file
 
@@ -89,7 +91,7 @@ def main() -> int:
             if arm == "item bias" and model == "bpr":
                 continue  # BPR-MF always has its item bias
             experiment = Experiment(arm_search(full, model, arm))
-            (top,) = candidates(experiment, 1, dataset_path)
+            (top,) = candidates(experiment, 1, dataset_path, RunStore(STORAGE / "runs"))
             rows.append({"model": model, "arm": arm, "search": experiment.name, "trial": top.trial,
                          "config": top.config, "search_valid": top.search_valid,
                          "search_seconds": experiment.record.outcome.search_seconds, "runs": top.runs})

@@ -37,10 +37,12 @@ from lrml_tune.batch_inference import RayDataEvaluator, evaluation_cluster
 from lrml_tune.ease import fits_in_memory, tune_ease
 from lrml_tune.experiment import Experiment
 from lrml_tune.report import write_plots, write_summary
+from lrml_tune.retrain import RunStore
 from lrml_tune.settings import SearchRecord, is_uri
 
 RESULTS = Path("results")  # under the folder best.py is run from (the clone's root)
 CANDIDATES = 3  # top configurations of each search retrained to choose from
+RUNS = RESULTS / "ray" / "runs"  # every retrain's final metrics, reused by a later best.py or the ablation
 
 
 def resolve(location: str) -> str:
@@ -106,13 +108,13 @@ def baseline_searches(lrml: Experiment, tune_missing: bool) -> dict[str, Experim
 
 
 def searched_result(model: str, experiment: Experiment, dataset: Dataset, evaluator: Evaluator, candidates: int,
-                    defaults_epochs: int | None, scratch: Path) -> compare.ModelResult:
+                    defaults_epochs: int | None, scratch: Path, store: RunStore) -> compare.ModelResult:
     """A searched model's chosen checkpoint evaluated, with how it was chosen and its defaults trained for
     ``defaults_epochs`` (None: no retraining at all, the search's best trial is evaluated alone)."""
     settings = experiment.record.settings
     retrain = defaults_epochs is not None
     if retrain:
-        found = compare.candidates(experiment, candidates, str(dataset.path))
+        found = compare.candidates(experiment, candidates, str(dataset.path), store)
     else:
         top = experiment.trials[0]
         found = [compare.Candidate(top.trial_id, top.config, top.valid[MONITOR], {})]
@@ -123,7 +125,7 @@ def searched_result(model: str, experiment: Experiment, dataset: Dataset, evalua
     result.notes = compare.notes_for(experiment, chosen)
     if retrain:
         result.defaults = compare.defaults_runs(model, defaults_epochs, max(settings.patience, TrainConfig.patience),
-                                                str(dataset.path))
+                                                str(dataset.path), store)
     return result
 
 
@@ -195,7 +197,7 @@ def run(argv: list[str]) -> int:
                 print(f"{compare.LABELS[model]}: choosing among the search's top {args.candidates} configuration(s)",
                       flush=True)
                 results.append(searched_result(model, experiment, dataset, searched_evaluator, args.candidates,
-                                               defaults_epochs, Path(scratch)))
+                                               defaults_epochs, Path(scratch), RunStore(RUNS)))
                 print(f"{compare.LABELS[model]} (trial {results[-1].trial}): test sampled ndcg@10 "
                       f"{results[-1].test['sampled']['ndcg@10']['mean']:.4f}", flush=True)
     ease = ease_result(dataset, evaluator)

@@ -41,14 +41,18 @@ def check_local_resources(settings: SearchSettings) -> None:
 
 
 def check_storage_writable(experiment: str) -> None:
-    """Write and remove a file in the experiment's folder (local or s3:// / gs://), or say why not."""
+    """Write and remove a file in the experiment's folder (local or s3:// / gs://), or say why not; a folder made
+    for the check is removed, so that a search refused later (its data unreadable) leaves none behind."""
     try:
         storage, path = filesystem(experiment)
+        existed = storage.get_file_info(path).type != pyarrow.fs.FileType.NotFound
         storage.create_dir(path, recursive=True)
         probe = f"{path}/.lrml-write-check-{uuid.uuid4().hex}"
         with storage.open_output_stream(probe) as handle:
             handle.write(b"written by tune/search.py to check that the storage takes writes\n")
         storage.delete_file(probe)
+        if not existed:
+            storage.delete_dir(path)
     except (OSError, pyarrow.ArrowException) as error:
         raise UserError(f"--storage-path: cannot write to {experiment}: {error}") from None
 

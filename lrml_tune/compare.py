@@ -22,7 +22,7 @@ from lrml.evaluate import Evaluator
 from lrml.model import Recommender
 from lrml.train import MONITOR, TrainConfig, defaults
 from lrml_tune.experiment import Experiment, TrialSummary
-from lrml_tune.retrain import METRICS, PROTOCOLS, monitored, retrain, spread
+from lrml_tune.retrain import METRICS, PROTOCOLS, RunStore, monitored, retrain, spread
 from lrml_tune.settings import SearchRecord, filesystem
 from lrml_tune.space import at_edges
 from lrml_tune.stats import bootstrap_ci, paired_randomization_test
@@ -128,16 +128,16 @@ def baseline_search_args(lrml_location: str, lrml: SearchRecord, model: str) -> 
     return args + (["--wandb"] if s.wandb else [])
 
 
-def candidates(experiment: Experiment, count: int, dataset_path: str) -> list[Candidate]:
-    """The search's ``count`` best distinct configurations, each retrained with ``RETRAIN_SEEDS``, the one
-    with the best mean validation metric first (ties: the search's order)."""
+def candidates(experiment: Experiment, count: int, dataset_path: str, store: RunStore | None = None) -> list[Candidate]:
+    """The search's ``count`` best distinct configurations, each retrained with ``RETRAIN_SEEDS`` (or read from
+    ``store``), the one with the best mean validation metric first (ties: the search's order)."""
     top: list[TrialSummary] = []
     for trial in experiment.trials:
         if len(top) < count and all(trial.config != kept.config for kept in top):
             top.append(trial)
     configs = [[replace(train_config(experiment, trial), seed=seed) for seed in RETRAIN_SEEDS] for trial in top]
     finals = retrain([config for group in configs for config in group], dataset_path,
-                     f"{experiment.record.settings.model}: {len(top)} configuration(s) x {len(RETRAIN_SEEDS)} seeds")
+                     f"{experiment.record.settings.model}: {len(top)} configuration(s) x {len(RETRAIN_SEEDS)} seeds", store)
     found = [Candidate(trial.trial_id, trial.config, trial.valid[MONITOR],
                        spread(finals[index * len(RETRAIN_SEEDS):(index + 1) * len(RETRAIN_SEEDS)]))
              for index, trial in enumerate(top)]
@@ -151,11 +151,11 @@ def train_config(experiment: Experiment, trial: TrialSummary) -> TrainConfig:
     return replace(defaults(s.model), max_epochs=s.max_epochs, patience=s.patience, **trial.config)
 
 
-def defaults_runs(model: str, max_epochs: int, patience: int, dataset_path: str) -> dict:
+def defaults_runs(model: str, max_epochs: int, patience: int, dataset_path: str, store: RunStore | None = None) -> dict:
     """The model's defaults (``lrml.train.DEFAULTS``) trained to convergence with ``RETRAIN_SEEDS``: what not
     searching gives. ``max_epochs`` and ``patience`` are the search's, or more."""
     config = replace(defaults(model), max_epochs=max_epochs, patience=patience)
-    finals = retrain([replace(config, seed=seed) for seed in RETRAIN_SEEDS], dataset_path, f"{model} defaults")
+    finals = retrain([replace(config, seed=seed) for seed in RETRAIN_SEEDS], dataset_path, f"{model} defaults", store)
     return {"config": asdict(config), **spread(finals)}
 
 

@@ -38,10 +38,7 @@ def write_summary(out: Path, records: dict[str, SearchRecord], results: list[Mod
     for model, record in records.items():
         outcome = record.outcome
         if outcome is not None:
-            lines.append(f"- {LABELS[model]} search `{record.settings.name}`: {outcome.trials} trials "
-                         f"({outcome.errors} errors), {outcome.epochs_trained} epochs in {outcome.wall_seconds:.0f} s; "
-                         f"{outcome.concurrency} trial(s) at a time spent {100 * outcome.training_share:.0f}% of their "
-                         "time inside training epochs.")
+            lines.append(f"- {LABELS[model]} search `{record.settings.name}`: {outcome.time_spent()}.")
     missing = [LABELS[model] for model in ("cml", "bpr") if model not in records]
     if missing:
         lines.append(f"- Not compared: {', '.join(missing)} (no search with this budget was found).")

@@ -135,8 +135,9 @@ def search(settings: SearchSettings, resume: bool, prog: str) -> int:
     local = contextlib.nullcontext() if settings.address else exclusive_local_ray(settings.experiment)
     with local:
         started = time.perf_counter()
-        announce(settings)
+        # the data first: a release that cannot be read or fetched leaves no experiment folder behind
         dataset_path = prepare(settings.dataset, settings.data_dir, params=SplitParams())
+        announce(settings)
         manifest = read_manifest(dataset_path)  # the trials load the data; the driver needs only its facts
         counts = manifest["counts"]
         print(f"{settings.dataset}: {counts['users']} users, {counts['items']} items, {counts['train']} training "
@@ -226,9 +227,7 @@ def print_outcome(outcome: SearchOutcome, settings: SearchSettings) -> None:
     """The failed trials and why, where the time went, and the best trial (never a failed one)."""
     for folder, reason in outcome.failures.items():
         print(f"failed: {folder}: {reason}")
-    print(f"{outcome.trials} trials ({outcome.errors} failed), {outcome.epochs_trained} epochs in "
-          f"{outcome.wall_seconds:.0f}s ({outcome.search_seconds:.0f}s searching); {outcome.concurrency} trial(s) at a "
-          f"time spent {100 * outcome.training_share:.0f}% of their time inside training epochs")
+    print(outcome.time_spent())
     if outcome.best_trial is None:
         print("no trial reported a validation metric: nothing to evaluate", file=sys.stderr)
         return

@@ -86,10 +86,11 @@ class SearchOutcome:
     trials: int
     errors: int
     epochs_trained: int
+    # The times are the last command's: a resumed search's earlier runs are not counted in them.
     wall_seconds: float  # the whole command, Ray's start and the data included
     search_started_at: float  # Unix time at which Tuner.fit began
     search_seconds: float  # Tuner.fit: the time the trial slots were open
-    training_seconds: float  # inside training epochs (training and validation), summed over trials
+    training_seconds: float  # inside the epochs this command trained (training and validation), summed over trials
     concurrency: int
     best_trial: str | None  # None when no trial reported a validation metric
     best_config: dict
@@ -97,6 +98,7 @@ class SearchOutcome:
     best_trial_epochs: int  # epochs the best trial trained; its best epoch is its last when it was still improving
     best_valid: dict[str, float]
     failures: dict[str, str] = field(default_factory=dict)  # trial folder -> why it failed
+    epochs_this_run: int | None = None  # of epochs_trained, those this command trained (fewer after a --resume)
 
     @property
     def still_improving(self) -> bool:
@@ -107,6 +109,15 @@ class SearchOutcome:
     def training_share(self) -> float:
         """Of the trial slots' time (search time x trials at once), the share spent inside epochs."""
         return self.training_seconds / (self.search_seconds * self.concurrency) if self.search_seconds else 0.0
+
+    def time_spent(self) -> str:
+        """Where the time went, in words; after a ``--resume``, the times and the share are the last run's."""
+        resumed = self.epochs_this_run is not None and self.epochs_this_run != self.epochs_trained
+        ran = f" ({self.epochs_this_run} in the last run, after a resume)" if resumed else ""
+        slots = "the last run's" if resumed else "the"
+        return (f"{self.trials} trials ({self.errors} failed), {self.epochs_trained} epochs{ran}; {self.wall_seconds:.0f}s "
+                f"({self.search_seconds:.0f}s searching), {slots} {self.concurrency} trial slot(s) "
+                f"{100 * self.training_share:.0f}% inside training epochs")
 
 
 @dataclass(frozen=True)

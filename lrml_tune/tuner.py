@@ -77,6 +77,8 @@ def summarize(results: tune.ResultGrid, wall_seconds: float, search_started_at: 
     """The best trial over all its epochs (a failed trial never counts), the failed trials and why, and how
     the search spent its time."""
     frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and MONITOR in r.metrics_dataframe]
+    # a resumed search's results hold its earlier runs' epochs too; Tune stamps each epoch in whole seconds
+    this_run = [frame[frame["timestamp"] >= int(search_started_at)] for frame in frames]
     failures = {r.path.rstrip("/").rsplit("/", 1)[-1]: _reason(r.error) for r in results if r.error}
     healthy = [r for r in results if not r.error and r.metrics_dataframe is not None
                and MONITOR in r.metrics_dataframe and r.metrics_dataframe[MONITOR].notna().any()]
@@ -86,11 +88,12 @@ def summarize(results: tune.ResultGrid, wall_seconds: float, search_started_at: 
         trials=len(results), errors=results.num_errors, epochs_trained=int(sum(len(f) for f in frames)),
         wall_seconds=round(wall_seconds, 1), search_started_at=search_started_at,
         search_seconds=round(search_seconds, 1),
-        training_seconds=round(sum(float(frame["seconds"].sum()) for frame in frames), 1), concurrency=concurrency,
+        training_seconds=round(sum(float(frame["seconds"].sum()) for frame in this_run), 1), concurrency=concurrency,
         best_trial=str(row["trial_id"]) if best is not None else None,
         best_config=best.config if best is not None else {}, best_epoch=int(row["epoch"]) if best is not None else 0,
         best_trial_epochs=int(best.metrics_dataframe["epoch"].max()) if best is not None else 0,
-        best_valid=valid_metrics(row) if best is not None else {}, failures=failures)
+        best_valid=valid_metrics(row) if best is not None else {}, failures=failures,
+        epochs_this_run=int(sum(len(frame) for frame in this_run)))
 
 
 def _reason(error: Exception) -> str:

@@ -73,6 +73,16 @@ def test_search_refuses_a_mistake_in_one_line_before_ray_starts(tmp_path, args, 
     assert not ray.is_initialized()
 
 
+def test_a_search_whose_data_cannot_be_read_leaves_no_experiment_behind(tmp_path, capsys):
+    folder = tmp_path / "ml-latest-small"
+    folder.mkdir()
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,two,4.0,964981247\n")
+    line = refused(search.main, ["--data-dir", str(folder), "--name", "unread", "--storage-path", str(tmp_path / "runs")],
+                   capsys)
+    assert "ratings.csv, line 3" in line
+    assert not (tmp_path / "runs" / "unread").exists() and not ray.is_initialized()
+
+
 def test_the_script_refuses_in_one_line_and_debug_shows_the_traceback(tmp_path):
     done = run(str(TUNE / "search.py"), "--num-samples", "0", "--storage-path", str(tmp_path))
     assert done.returncode == 2 and done.stderr == "search.py: error: --num-samples must be at least 1; got 0\n"

@@ -70,6 +70,11 @@ def test_ctrl_c_and_sigterm_stop_the_search_and_say_how_to_continue(tmp_path):
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and "6 trials (0 failed)" in resumed.stdout, resumed.stdout[-3000:]
     assert shown > 0 and min(progress_bests(resumed.stdout)) >= shown
+    # the time spent is the last run's, and so are the epochs it is set against: no share above 100%
+    outcome = json.loads((experiment / "lrml_search.json").read_text())["outcome"]
+    assert 0 < outcome["epochs_this_run"] < outcome["epochs_trained"]
+    share = re.search(r"in the last run, after a resume\); .* the last run's \d+ trial slot\(s\) (\d+)% inside", resumed.stdout)
+    assert share and int(share.group(1)) <= 100, resumed.stdout[-3000:]
 
 
 def progress_bests(output: str) -> list[float]:
