@@ -20,7 +20,7 @@ from pathlib import Path
 from lrml.data import prepare
 from lrml_tune.compare import BASELINES, LABELS, RETRAIN_SEEDS, baseline_name, candidates
 from lrml_tune.experiment import Experiment
-from lrml_tune.retrain import RunStore
+from lrml_tune.retrain import kept_runs
 from lrml_tune.settings import SearchRecord
 from lrml_tune.space import default_space_file
 
@@ -91,7 +91,7 @@ def main() -> int:
             if arm == "item bias" and model == "bpr":
                 continue  # BPR-MF always has its item bias
             experiment = Experiment(arm_search(full, model, arm))
-            (top,) = candidates(experiment, 1, dataset_path, RunStore(STORAGE / "runs"))
+            (top,) = candidates(experiment, 1, dataset_path, kept_runs())
             rows.append({"model": model, "arm": arm, "search": experiment.name, "trial": top.trial,
                          "config": top.config, "search_valid": top.search_valid,
                          "search_seconds": experiment.record.outcome.search_seconds, "runs": top.runs})

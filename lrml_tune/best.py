@@ -37,12 +37,11 @@ from lrml_tune.batch_inference import RayDataEvaluator, evaluation_cluster
 from lrml_tune.ease import fits_in_memory, tune_ease
 from lrml_tune.experiment import Experiment
 from lrml_tune.report import write_plots, write_summary
-from lrml_tune.retrain import RunStore
+from lrml_tune.retrain import RunStore, kept_runs
 from lrml_tune.settings import SearchRecord, is_uri
 
 RESULTS = Path("results")  # under the folder best.py is run from (the clone's root)
 CANDIDATES = 3  # top configurations of each search retrained to choose from
-RUNS = RESULTS / "ray" / "runs"  # every retrain's final metrics, reused by a later best.py or the ablation
 
 
 def resolve(location: str) -> str:
@@ -197,7 +196,7 @@ def run(argv: list[str]) -> int:
                 print(f"{compare.LABELS[model]}: choosing among the search's top {args.candidates} configuration(s)",
                       flush=True)
                 results.append(searched_result(model, experiment, dataset, searched_evaluator, args.candidates,
-                                               defaults_epochs, Path(scratch), RunStore(RUNS)))
+                                               defaults_epochs, Path(scratch), kept_runs()))
                 print(f"{compare.LABELS[model]} (trial {results[-1].trial}): test sampled ndcg@10 "
                       f"{results[-1].test['sampled']['ndcg@10']['mean']:.4f}", flush=True)
     ease = ease_result(dataset, evaluator)
@@ -213,9 +212,11 @@ def run(argv: list[str]) -> int:
     trials.to_csv(out / "trials.csv", index=False, float_format="%.6g")
     (out / "best_config.json").write_text(json.dumps({r.model: r.config for r in results if r.config}, indent=2) + "\n")
     (out / "evaluation.json").write_text(json.dumps([r.as_record() for r in results], indent=2) + "\n")
+    compare.per_user_table(results, dataset.user_raw_ids[dataset.test_users]).to_parquet(out / "per_user.parquet",
+                                                                                          index=False)
     write_summary(out, {model: experiment.record for model, experiment in searches.items()}, results, lrml.table())
     write_plots(out, searches, results)
-    print(f"wrote {out}/summary.md, trials.csv, best_config.json, evaluation.json and plots")
+    print(f"wrote {out}/summary.md, trials.csv, best_config.json, evaluation.json, per_user.parquet and plots")
     return 0
 
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.fs
 
 from lrml import checkpoint
@@ -186,6 +187,14 @@ def add_paired_tests(results: list[ModelResult]) -> None:
         result.p_values = {other.model: {protocol: paired_randomization_test(
             result.per_user[protocol][TESTED_METRIC], other.per_user[protocol][TESTED_METRIC])
             for protocol in PROTOCOLS} for other in results if other is not result}
+
+
+def per_user_table(results: list[ModelResult], raw_users: np.ndarray) -> pd.DataFrame:
+    """Every model's test metrics per user (``raw_users``: the test users' MovieLens ids, in the split's order),
+    a row per user, model and protocol: what a paired test over several search seeds pools."""
+    return pd.concat([pd.DataFrame({"user": raw_users, "model": result.model, "protocol": protocol,
+                                    **{metric: values[metric] for metric in METRICS}})
+                      for result in results for protocol, values in result.per_user.items()], ignore_index=True)
 
 
 def drop(result: ModelResult, protocol: str = "sampled") -> dict[str, float]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import lrml
-from lrml.data import load_dataset, read_manifest
+from lrml.data import data_home, load_dataset, read_manifest
 from lrml.train import MONITOR, TrainConfig, Trainer
 
 PROTOCOLS = ("sampled", "full")
@@ -59,6 +59,11 @@ class RunStore:
         partial.write_text(json.dumps({"config": asdict(config), "dataset": fingerprint, "code": code_fingerprint(),
                                        "final": final}, indent=2) + "\n")
         partial.replace(path)
+
+
+def kept_runs() -> RunStore:
+    """The store beside the prepared datasets that its runs are keyed by: ``$LRML_DATA_HOME/runs``."""
+    return RunStore(data_home() / "runs")
 
 
 def retrain(configs: list[TrainConfig], dataset_path: str, label: str, store: RunStore | None = None) -> list[dict]:

@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from lrml_tune.markdown import write_section
+from lrml_tune.stats import paired_randomization_test
 
 RESULTS = Path(__file__).resolve().parent
 LABELS = {"lrml": "LRML", "cml": "CML", "bpr": "BPR-MF", "ease": "EASE", "pop": "popularity"}
@@ -84,21 +86,34 @@ def comparison(results: dict) -> list[str]:
     return lines + [""]
 
 
-def winners(results: dict) -> list[str]:
-    """Which model wins each protocol on each dataset, by how much over the runner-up, and the p-value."""
+def pooled_p(folders: list[Path], first: str, second: str, protocol: str) -> str:
+    """The paired randomisation test of two models on each test user's nDCG@10 averaged over the search seeds
+    (``per_user.parquet`` of each seed's folder); empty when a seed has no such file."""
+    if not all((folder / "per_user.parquet").exists() for folder in folders):
+        return ""
+    frames = [pd.read_parquet(folder / "per_user.parquet") for folder in folders]
+    means = pd.concat(frames).query("protocol == @protocol").groupby(["model", "user"])["ndcg@10"].mean()
+    return f"{paired_randomization_test(means[first].sort_index(), means[second].sort_index()):.3g}"
+
+
+def winners(results: dict, searcher: str) -> list[str]:
+    """Which model wins each protocol on each dataset, by how much over the runner-up, and the p-values."""
     lines = ["### Who wins", "",
              "Per dataset and protocol: the model with the best mean test nDCG@10 over the search seeds (each seed's "
-             "chosen checkpoint), its margin over the runner-up, and the paired test of the two, seed by seed.", "",
-             "| dataset | protocol | best | mean | runner-up | mean | margin | p per seed |",
-             "|---|---|---|---:|---|---:|---:|---|"]
+             "chosen checkpoint), its margin over the runner-up, and the paired test of the two: seed by seed, and "
+             "on each test user's nDCG@10 averaged over the seeds (pooled).", "",
+             "| dataset | protocol | best | mean | runner-up | mean | margin | p per seed | p pooled |",
+             "|---|---|---|---:|---|---:|---:|---|---:|"]
     for dataset, seeds in results.items():
+        folders = [RESULTS / f"{dataset}-lrml-{searcher}-s{seed}" for seed in sorted(seeds)]
         for protocol in PROTOCOLS:
             means = {model: np.mean([seeds[seed][model]["test"][protocol]["ndcg@10"]["mean"] for seed in seeds])
                      for model in seeds[min(seeds)]}
             first, second = sorted(means, key=means.get, reverse=True)[:2]
             p = [seeds[seed][first]["p_values"][second][protocol] for seed in sorted(seeds)]
             lines.append(f"| {dataset} | {protocol} | {LABELS[first]} | {means[first]:.4f} | {LABELS[second]} | "
-                         f"{means[second]:.4f} | {means[first] - means[second]:+.4f} | {', '.join(f'{v:.3g}' for v in p)} |")
+                         f"{means[second]:.4f} | {means[first] - means[second]:+.4f} | {', '.join(f'{v:.3g}' for v in p)} "
+                         f"| {pooled_p(folders, first, second, protocol)} |")
     return lines + [""]
 
 
@@ -142,7 +157,8 @@ def main() -> int:
     results = load(args.searcher)
     if not results:
         sys.exit(f"no results/*-lrml-{args.searcher}-s*/evaluation.json here: run tune/best.py first")
-    lines = [START, "", *against_defaults(results), *winners(results), *comparison(results), *selection(results), END]
+    lines = [START, "", *against_defaults(results), *winners(results, args.searcher), *comparison(results),
+             *selection(results), END]
     write_section(RESULTS / "README.md", START, END, lines)
     print("\n".join(lines))
     return 0

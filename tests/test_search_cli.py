@@ -97,6 +97,11 @@ def test_search_then_best_against_tuned_baselines(tmp_path):
             assert ndcg["ci95"][0] <= ndcg["mean"] <= ndcg["ci95"][1]
         assert set(row["p_values"]) == set(evaluation) - {row["model"]}
         assert all(0 < p <= 1 for pair in row["p_values"].values() for p in pair.values())
+    # the per-user file holds every test user's numbers behind those means: a pooled test over seeds reads it
+    per_user = pd.read_parquet(out / "per_user.parquet")
+    assert len(per_user) == 5 * 2 * 943 and per_user.groupby(["model", "protocol"])["user"].nunique().eq(943).all()
+    for (model, protocol), rows in per_user.groupby(["model", "protocol"]):
+        assert rows["ndcg@10"].mean() == pytest.approx(evaluation[model]["test"][protocol]["ndcg@10"]["mean"], abs=1e-12)
     summary = (out / "summary.md").read_text()
     for text in ("LRML", "CML", "BPR-MF", "EASE", "popularity", "p vs LRML", "Tuned against not tuning",
                  "retrained with seeds 1, 2, 3", "Verdict"):
