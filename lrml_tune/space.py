@@ -61,12 +61,14 @@ class Param:
 
     def edge(self, value) -> str | None:
         """"lowest" or "highest" when ``value`` lies at that end of the range (or is the smallest or largest of
-        numeric choices), else None."""
+        numeric choices), else None. A count of 1 is no edge: there is nothing below it to offer."""
         if self.kind == "choice":
             numeric = [v for v in self.values if isinstance(v, (int, float)) and not isinstance(v, bool)]
             if len(numeric) < 3 or len(numeric) != len(self.values):
                 return None
-            return "lowest" if value == min(numeric) else "highest" if value == max(numeric) else None
+            if value == min(numeric):
+                return None if value == 1 and isinstance(value, int) else "lowest"
+            return "highest" if value == max(numeric) else None
         scale = math.log if self.kind == "loguniform" else float
         share = (scale(value) - scale(self.low)) / (scale(self.high) - scale(self.low))
         return "lowest" if share <= EDGE_SHARE else "highest" if share >= 1 - EDGE_SHARE else None

@@ -80,6 +80,9 @@ def test_values_at_the_ends_of_a_range_are_named():
                              "optimizer": "adagrad", "lr": 0.2, "reg_weight": 0.001, "batch_size": 1024})
     assert found == ["embedding_dim=512 is the highest the space allows [32, 64, 100, 128, 256, 512]",
                      "temperature=0.0021 is the lowest the space allows [0.002, 1] when loss is softmax"]
+    # one memory slot or one negative is the least there can be: nothing wider to search below it
+    assert at_edges(space, {"memory_size": 1, "num_negatives": 1, "embedding_dim": 32}) == [
+        "embedding_dim=32 is the lowest the space allows [32, 64, 100, 128, 256, 512]"]
 
 
 @pytest.mark.parametrize("text, message", [
