@@ -231,8 +231,9 @@ def test_a_search_whose_storage_fills_stops_in_a_line_and_resumes_once_there_is_
 def test_trials_whose_processes_are_killed_are_retried_and_all_finish(tmp_path):
     """Trial processes killed mid-epoch, four times: each trial is retried from its checkpoint (--max-failures)."""
     storage = tmp_path / "ray"
-    process = start(storage, "killing", "--num-samples", "4", "--max-epochs", "4", "--scheduler", "none",
-                    "--max-failures", "4", log=tmp_path / "killing.log")
+    # trials long enough (30 epochs, never stopped early) that four kills, 4 s apart, land before the search ends
+    process = start(storage, "killing", "--num-samples", "4", "--max-epochs", "30", "--patience", "30", "--scheduler",
+                    "none", "--max-failures", "4", log=tmp_path / "killing.log")
     killed = 0
     while killed < 4 and process.poll() is None:
         trials = processes(lambda command, files: command.startswith("ray::ImplicitFunc") or
