@@ -73,7 +73,8 @@ def test_search_refuses_a_mistake_in_one_line_before_ray_starts(tmp_path, args, 
     assert not ray.is_initialized()
 
 
-def test_a_search_whose_data_cannot_be_read_leaves_no_experiment_behind(tmp_path, capsys):
+def test_a_search_whose_data_cannot_be_read_leaves_no_experiment_behind(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LRML_DATA_HOME", str(tmp_path / "home"))  # not the session's, where ml-latest-small may be ready
     folder = tmp_path / "ml-latest-small"
     folder.mkdir()
     (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,two,4.0,964981247\n")
