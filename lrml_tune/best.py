@@ -192,11 +192,12 @@ def run(argv: list[str]) -> int:
             args.defaults_epochs or max(record.settings.max_epochs, TrainConfig.max_epochs)
         with evaluation_cluster(args.ray_data) if args.ray_data else contextlib.nullcontext():
             searched_evaluator = RayDataEvaluator(dataset) if args.ray_data else evaluator
+            store = kept_runs()
             for model, experiment in searches.items():
                 print(f"{compare.LABELS[model]}: choosing among the search's top {args.candidates} configuration(s)",
                       flush=True)
                 results.append(searched_result(model, experiment, dataset, searched_evaluator, args.candidates,
-                                               defaults_epochs, Path(scratch), kept_runs()))
+                                               defaults_epochs, Path(scratch), store))
                 print(f"{compare.LABELS[model]} (trial {results[-1].trial}): test sampled ndcg@10 "
                       f"{results[-1].test['sampled']['ndcg@10']['mean']:.4f}", flush=True)
     ease = ease_result(dataset, evaluator)

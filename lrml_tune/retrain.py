@@ -40,9 +40,14 @@ class RunStore:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
 
+    @staticmethod
+    def key(config: TrainConfig, fingerprint: str) -> dict:
+        """What a run is kept by: its whole configuration, the prepared dataset and the code."""
+        return {"config": asdict(config), "dataset": fingerprint, "code": code_fingerprint()}
+
     def path(self, config: TrainConfig, fingerprint: str) -> Path:
-        key = json.dumps({"config": asdict(config), "dataset": fingerprint, "code": code_fingerprint()}, sort_keys=True)
-        return self.folder / f"{config.model}-seed{config.seed}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+        digest = hashlib.sha256(json.dumps(self.key(config, fingerprint), sort_keys=True).encode()).hexdigest()[:20]
+        return self.folder / f"{config.model}-seed{config.seed}-{digest}.json"
 
     def get(self, config: TrainConfig, fingerprint: str) -> dict | None:
         """The run's final metrics, or None when it was never finished here (or its file cannot be read)."""
@@ -56,8 +61,7 @@ class RunStore:
         path = self.path(config, fingerprint)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps({"config": asdict(config), "dataset": fingerprint, "code": code_fingerprint(),
-                                       "final": final}, indent=2) + "\n")
+        partial.write_text(json.dumps({**self.key(config, fingerprint), "final": final}, indent=2) + "\n")
         partial.replace(path)
 
 

@@ -117,6 +117,11 @@ def winners(results: dict, searcher: str) -> list[str]:
     return lines + [""]
 
 
+def runs_drop(runs: dict) -> float:
+    """Validation minus test, sampled nDCG@10, of retrains' means (``retrain.spread``'s layout)."""
+    return runs["valid"]["sampled"]["ndcg@10"]["mean"] - runs["test"]["sampled"]["ndcg@10"]["mean"]
+
+
 def selection(results: dict) -> list[str]:
     """The remedy for validation noise, measured: the search's single best trial against the best of its top
     three by the retrains' mean validation, on test (the retrains' means)."""
@@ -136,13 +141,8 @@ def selection(results: dict) -> list[str]:
                     gains[protocol].append(picked - single)
                     cells += [f"{single:.4f}", f"{picked:.4f}"]
                 drop = chosen["search_valid"] - seeds[seed][model]["test"]["sampled"]["ndcg@10"]["mean"]
-                retrain_drop = (chosen["runs"]["valid"]["sampled"]["ndcg@10"]["mean"]
-                                - chosen["runs"]["test"]["sampled"]["ndcg@10"]["mean"])
-                defaults = seeds[seed][model]["defaults"]
-                defaults_drop = (defaults["valid"]["sampled"]["ndcg@10"]["mean"]
-                                 - defaults["test"]["sampled"]["ndcg@10"]["mean"])
-                rows.append("| " + " | ".join(cells + [f"{drop:+.4f}", f"{retrain_drop:+.4f}", f"{defaults_drop:+.4f}"])
-                            + " |")
+                drops = [drop, runs_drop(chosen["runs"]), runs_drop(seeds[seed][model]["defaults"])]
+                rows.append("| " + " | ".join(cells + [f"{value:+.4f}" for value in drops]) + " |")
     summary = "; ".join(
         f"{protocol}: mean {np.mean(values):+.4f}, better in {sum(v > 0 for v in values)}, worse in "
         f"{sum(v < 0 for v in values)} of {len(values)}" for protocol, values in gains.items())
