@@ -2,12 +2,13 @@
 
 The parts: the **budget** (back to 20 epochs, patience 5), the **space** (back to the earlier, narrower
 ranges, Adam alone), **negatives and loss** (one negative per positive and the model's own loss) and,
-for LRML and CML, the **item bias**. Each arm is ``tune/search.py`` as a user runs it, with the same
-seed, searcher and trials as the full search; its best configuration is retrained with the seeds
-``best.py`` uses (runs ``best.py`` already made are read back) and evaluated on test in both protocols, as is
-the full search's.
+for LRML and CML, the **item bias**. Each arm is ``tune/search.py`` as a user runs it, with search.py's
+defaults (64 trials, TPE, ASHA, 100 epochs, patience 10) and the full search's dataset and seed. The full
+search is read from what ``best.py`` wrote for it (``results/<full>/``); every search is represented by its
+top configuration by validation, retrained with the seeds ``best.py`` uses and evaluated on test in both
+protocols.
 
-    python bench/ablation.py --full ml-latest-small-lrml-tpe-s0       # writes results/ablation.md and .json
+    python bench/ablation.py --full ml-100k-lrml-tpe-s0 --dataset ml-100k --data-dir ../shared/data/ml-100k --seed 0
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pandas as pd
 
 from lrml.data import prepare
 from lrml_tune.compare import BASELINES, LABELS, RETRAIN_SEEDS, baseline_name, candidates
@@ -55,68 +58,85 @@ def arm_space(model: str, arm: str) -> dict:
     return space
 
 
-def arm_search(full: SearchRecord, model: str, arm: str) -> str:
-    """The arm's finished search (run now if missing) beside the full one; ``full`` itself for the full arm."""
-    name = baseline_name(full.settings.name, model)
-    if arm == "full":
-        return str(STORAGE / name)
-    name = f"ablation-{arm.replace(' ', '-')}-{name}"
+def arm_search(args: argparse.Namespace, model: str, arm: str) -> Experiment:
+    """The arm's finished search under results/ray/, run now if missing."""
+    name = f"ablation-{arm.replace(' ', '-')}-{baseline_name(args.full, model)}"
     location = STORAGE / name
-    if SearchRecord.exists(str(location)) and SearchRecord.read(str(location)).outcome:
-        return str(location)
-    space_file = OUT / f"{name}.json"
-    space_file.write_text(json.dumps(arm_space(model, arm), indent=2) + "\n")
-    s = full.settings
-    command = [sys.executable, str(REPO / "tune" / "search.py"), "--model", model, "--name", name,
-               "--storage-path", str(STORAGE), "--dataset", s.dataset, "--num-samples", str(s.num_samples),
-               "--seed", str(s.seed), "--searcher", s.searcher, "--scheduler", s.scheduler, "--space", str(space_file)]
-    command += OLD_BUDGET if arm == "budget" else ["--max-epochs", str(s.max_epochs), "--patience", str(s.patience)]
-    command += ["--data-dir", s.data_dir] if s.data_dir else []
-    print(f"{name} ...", flush=True)
-    with open(OUT / f"{name}.log", "w") as log:
-        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=REPO)
-    return str(location)
+    if not (SearchRecord.exists(str(location)) and SearchRecord.read(str(location)).outcome):
+        space_file = OUT / f"{name}.json"
+        space_file.write_text(json.dumps(arm_space(model, arm), indent=2) + "\n")
+        command = [sys.executable, str(REPO / "tune" / "search.py"), "--model", model, "--name", name,
+                   "--storage-path", str(STORAGE), "--dataset", args.dataset, "--seed", str(args.seed),
+                   "--space", str(space_file), *(OLD_BUDGET if arm == "budget" else [])]
+        command += ["--data-dir", args.data_dir] if args.data_dir else []
+        print(f"{name} ...", flush=True)
+        with open(OUT / f"{name}.log", "w") as log:
+            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=REPO)
+    return Experiment(str(location))
+
+
+def arm_row(args: argparse.Namespace, model: str, arm: str, dataset_path: str) -> dict:
+    """One arm's search, its top configuration and that configuration's retrains."""
+    experiment = arm_search(args, model, arm)
+    (top,) = candidates(experiment, 1, dataset_path, kept_runs())
+    return {"model": model, "arm": arm, "search": experiment.name, "trial": top.trial, "config": top.config,
+            "search_valid": top.search_valid, "epochs": sum(trial.epochs for trial in experiment.trials),
+            "runs": top.runs}
+
+
+def full_row(full: str, model: str) -> dict:
+    """The full search's top configuration by validation and its retrains, as best.py wrote them."""
+    folder = REPO / "results" / full
+    entry = next(row for row in json.loads((folder / "evaluation.json").read_text()) if row["model"] == model)
+    top = max(entry["candidates"], key=lambda candidate: candidate["search_valid"])
+    trials = pd.read_csv(folder / "trials.csv")
+    return {"model": model, "arm": "full", "search": entry["tuned_by"], "trial": top["trial"],
+            "config": top["config"], "search_valid": top["search_valid"],
+            "epochs": int(trials.loc[trials["model"] == model, "epochs"].sum()), "runs": top["runs"]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--full", required=True, help="the full LRML search, a name under results/ray/")
+    parser.add_argument("--full", required=True, help="the full LRML search: a folder under results/ best.py wrote")
+    parser.add_argument("--dataset", required=True, help="the full search's dataset")
+    parser.add_argument("--data-dir", help="the full search's --data-dir, if it had one")
+    parser.add_argument("--seed", type=int, required=True, help="the full search's seed")
     args = parser.parse_args()
+    if not (REPO / "results" / args.full / "evaluation.json").is_file():
+        parser.error(f"results/{args.full}/evaluation.json not found: run tune/best.py {args.full} "
+                     f"--tune-baselines --out results/{args.full} first")
     OUT.mkdir(parents=True, exist_ok=True)
-    full = SearchRecord.read(str(STORAGE / args.full))
-    dataset_path = str(prepare(full.settings.dataset, full.settings.data_dir, progress=False))
+    dataset_path = str(prepare(args.dataset, args.data_dir, progress=False))
     rows = []
     for model in ("lrml", *BASELINES):
         for arm in ARMS:
             if arm == "item bias" and model == "bpr":
                 continue  # BPR-MF always has its item bias
-            experiment = Experiment(arm_search(full, model, arm))
-            (top,) = candidates(experiment, 1, dataset_path, kept_runs())
-            rows.append({"model": model, "arm": arm, "search": experiment.name, "trial": top.trial,
-                         "config": top.config, "search_valid": top.search_valid,
-                         "search_seconds": experiment.record.outcome.search_seconds, "runs": top.runs})
+            rows.append(full_row(args.full, model) if arm == "full" else arm_row(args, model, arm, dataset_path))
             (OUT / "ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
-    write_table(rows, args.full)
+    write_table(rows, args)
     return 0
 
 
-def write_table(rows: list[dict], full: str) -> None:
-    """results/ablation.md: each arm's test nDCG@10 (retrains' mean ± sd) and its difference from the full search."""
+def write_table(rows: list[dict], args: argparse.Namespace) -> None:
+    """results/ablation/ablation.md: each arm's test nDCG@10 (retrains' mean ± sd), its difference from the full
+    search's, and the epochs its trials trained in all."""
     def cell(row: dict, protocol: str) -> str:
         value = row["runs"]["test"][protocol]["ndcg@10"]
         return f"{value['mean']:.4f} ± {value['sd']:.4f}"
 
+    command = " ".join(["python bench/ablation.py", *sys.argv[1:]])
     lines = ["# Ablation: what each part of the search buys", "",
-             f"`python bench/ablation.py --full {full}` on this project's 2-core CPU machine. Each row: the model's "
-             "search with one part taken back (the same dataset, trials, seed, searcher and scheduler), its best "
-             f"configuration retrained with seeds {', '.join(map(str, RETRAIN_SEEDS))}; test nDCG@10 mean ± sd, and "
-             "the difference from the full search's.", "",
-             "| model | taken back | search's valid | search seconds | test sampled | difference | test full | difference |",
+             f"`{command}` on this project's 2-core CPU machine. Each row: the model's search with one part taken "
+             "back (the same dataset, 64 trials, seed, TPE searcher and ASHA scheduler), its top configuration by "
+             f"validation retrained with seeds {', '.join(map(str, RETRAIN_SEEDS))}; test nDCG@10 mean ± sd, and "
+             "the difference from the full search's. Epochs: all the search's trials together, its cost.", "",
+             "| model | taken back | search's valid | epochs | test sampled | difference | test full | difference |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         whole = next(other for other in rows if other["model"] == row["model"] and other["arm"] == "full")
         cells = [LABELS[row["model"]], "nothing (full)" if row["arm"] == "full" else row["arm"],
-                 f"{row['search_valid']:.4f}", f"{row['search_seconds']:.0f}"]
+                 f"{row['search_valid']:.4f}", str(row["epochs"])]
         for protocol in ("sampled", "full"):
             difference = row["runs"]["test"][protocol]["ndcg@10"]["mean"] - whole["runs"]["test"][protocol]["ndcg@10"]["mean"]
             cells += [cell(row, protocol), "" if row is whole else f"{difference:+.4f}"]
