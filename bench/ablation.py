@@ -84,15 +84,26 @@ def arm_row(args: argparse.Namespace, model: str, arm: str, dataset_path: str) -
             "runs": top.runs}
 
 
-def full_row(full: str, model: str) -> dict:
-    """The full search's top configuration by validation and its retrains, as best.py wrote them."""
+def full_rows(full: str) -> dict[str, dict]:
+    """Each model's row of the full search: its top configuration by validation and that configuration's
+    retrains, as best.py wrote them under results/<full>/. Raises ``ValueError`` naming what is missing."""
     folder = REPO / "results" / full
-    entry = next(row for row in json.loads((folder / "evaluation.json").read_text()) if row["model"] == model)
-    top = max(entry["candidates"], key=lambda candidate: candidate["search_valid"])
+    if not (folder / "evaluation.json").is_file():
+        raise ValueError(f"results/{full}/evaluation.json not found: run tune/best.py {full} --tune-baselines "
+                         f"--out results/{full} first")
+    entries = {row["model"]: row for row in json.loads((folder / "evaluation.json").read_text())}
     trials = pd.read_csv(folder / "trials.csv")
-    return {"model": model, "arm": "full", "search": entry["tuned_by"], "trial": top["trial"],
-            "config": top["config"], "search_valid": top["search_valid"],
-            "epochs": int(trials.loc[trials["model"] == model, "epochs"].sum()), "runs": top["runs"]}
+    rows = {}
+    for model in ("lrml", *BASELINES):
+        retrained = [candidate for candidate in entries.get(model, {}).get("candidates", []) if candidate.get("runs")]
+        if not retrained:
+            raise ValueError(f"results/{full}/evaluation.json has no retrained {LABELS[model]} configuration: "
+                             "run tune/best.py with --tune-baselines and without --no-retrain")
+        top = max(retrained, key=lambda candidate: candidate["search_valid"])
+        rows[model] = {"model": model, "arm": "full", "search": entries[model]["tuned_by"], "trial": top["trial"],
+                       "config": top["config"], "search_valid": top["search_valid"],
+                       "epochs": int(trials.loc[trials["model"] == model, "epochs"].sum()), "runs": top["runs"]}
+    return rows
 
 
 def main() -> int:
@@ -102,9 +113,10 @@ def main() -> int:
     parser.add_argument("--data-dir", help="the full search's --data-dir, if it had one")
     parser.add_argument("--seed", type=int, required=True, help="the full search's seed")
     args = parser.parse_args()
-    if not (REPO / "results" / args.full / "evaluation.json").is_file():
-        parser.error(f"results/{args.full}/evaluation.json not found: run tune/best.py {args.full} "
-                     f"--tune-baselines --out results/{args.full} first")
+    try:
+        full = full_rows(args.full)
+    except ValueError as error:
+        parser.error(str(error))
     OUT.mkdir(parents=True, exist_ok=True)
     dataset_path = str(prepare(args.dataset, args.data_dir, progress=False))
     rows = []
@@ -112,13 +124,13 @@ def main() -> int:
         for arm in ARMS:
             if arm == "item bias" and model == "bpr":
                 continue  # BPR-MF always has its item bias
-            rows.append(full_row(args.full, model) if arm == "full" else arm_row(args, model, arm, dataset_path))
+            rows.append(full[model] if arm == "full" else arm_row(args, model, arm, dataset_path))
             (OUT / "ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
-    write_table(rows, args)
+    write_table(rows)
     return 0
 
 
-def write_table(rows: list[dict], args: argparse.Namespace) -> None:
+def write_table(rows: list[dict]) -> None:
     """results/ablation/ablation.md: each arm's test nDCG@10 (retrains' mean ± sd), its difference from the full
     search's, and the epochs its trials trained in all."""
     def cell(row: dict, protocol: str) -> str:
