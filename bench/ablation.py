@@ -88,9 +88,10 @@ def full_rows(full: str) -> dict[str, dict]:
     """Each model's row of the full search: its top configuration by validation and that configuration's
     retrains, as best.py wrote them under results/<full>/. Raises ``ValueError`` naming what is missing."""
     folder = REPO / "results" / full
-    if not (folder / "evaluation.json").is_file():
-        raise ValueError(f"results/{full}/evaluation.json not found: run tune/best.py {full} --tune-baselines "
-                         f"--out results/{full} first")
+    for name in ("evaluation.json", "trials.csv"):
+        if not (folder / name).is_file():
+            raise ValueError(f"results/{full}/{name} not found: run tune/best.py {full} --tune-baselines "
+                             f"--out results/{full} first")
     entries = {row["model"]: row for row in json.loads((folder / "evaluation.json").read_text())}
     trials = pd.read_csv(folder / "trials.csv")
     rows = {}
