@@ -2,8 +2,9 @@
 
 The parts: the **budget** (back to 20 epochs, patience 5), the **space** (back to the earlier, narrower
 ranges, Adam alone), **negatives and loss** (one negative per positive and the model's own loss) and,
-for LRML and CML, the **item bias**. Each arm is ``tune/search.py`` as a user runs it, with search.py's
-defaults (64 trials, TPE, ASHA, 100 epochs, patience 10) and the full search's dataset and seed. The full
+for LRML and CML, the **item bias**. Each arm is the search's default ``SearchSettings`` (64 trials, TPE, ASHA,
+100 epochs, patience 10) with the full search's dataset and seed and the arm's change, run as
+``tune/search.py`` runs it, on a local Ray of its own. The full
 search is read from what ``best.py`` wrote for it (``results/<full>/``); every search is represented by its
 top configuration by validation, retrained with the seeds ``best.py`` uses and evaluated on test in both
 protocols.
@@ -14,18 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from lrml.data import prepare
-from lrml_tune.compare import BASELINES, LABELS, RETRAIN_SEEDS, baseline_name, candidates
-from lrml_tune.experiment import Experiment
-from lrml_tune.retrain import kept_runs
-from lrml_tune.settings import SearchRecord
-from lrml_tune.space import default_space_file
+from lrml_tune import sweep
+from lrml_tune.comparison import LABELS, RETRAIN_SEEDS, candidates, kept_runs
+from lrml_tune.comparison.baseline_searches import BASELINES, baseline_name
+from lrml_tune.sweep import Experiment, SearchRecord, SearchSettings
+from lrml_tune.sweep.space import default_space_file
 
 REPO = Path(__file__).resolve().parents[1]
 STORAGE = REPO / "results" / "ray"
@@ -39,7 +39,7 @@ NARROW = {"embedding_dim": {"type": "choice", "values": [32, 64, 100, 128]},
           "batch_size": {"type": "choice", "values": [256, 512, 1024, 2048]}}
 NARROW_BPR = {**NARROW, "reg_weight": {"type": "loguniform", "low": 0.00001, "high": 0.1}}
 ARMS = ("full", "budget", "space", "negatives and loss", "item bias")
-OLD_BUDGET = ["--max-epochs", "20", "--patience", "5"]
+OLD_BUDGET = {"max_epochs": 20, "patience": 5}
 
 
 def arm_space(model: str, arm: str) -> dict:
@@ -65,13 +65,12 @@ def arm_search(args: argparse.Namespace, model: str, arm: str) -> Experiment:
     if not (SearchRecord.exists(str(location)) and SearchRecord.read(str(location)).outcome):
         space_file = OUT / f"{name}.json"
         space_file.write_text(json.dumps(arm_space(model, arm), indent=2) + "\n")
-        command = [sys.executable, str(REPO / "tune" / "search.py"), "--model", model, "--name", name,
-                   "--storage-path", str(STORAGE), "--dataset", args.dataset, "--seed", str(args.seed),
-                   "--space", str(space_file), *(OLD_BUDGET if arm == "budget" else [])]
-        command += ["--data-dir", args.data_dir] if args.data_dir else []
-        print(f"{name} ...", flush=True)
-        with open(OUT / f"{name}.log", "w") as log:
-            subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=REPO)
+        settings = SearchSettings(model=model, name=name, storage_path=str(STORAGE), dataset=args.dataset,
+                                  data_dir=args.data_dir, seed=args.seed, space_file=str(space_file),
+                                  **(OLD_BUDGET if arm == "budget" else {}))
+        print(settings.command_line(), flush=True)
+        if sweep.run(settings) != 0:
+            raise SystemExit(f"the search {name} did not finish")
     return Experiment(str(location))
 
 
@@ -140,7 +139,7 @@ def write_table(rows: list[dict]) -> None:
 
     command = " ".join(["python bench/ablation.py", *sys.argv[1:]])
     lines = ["# Ablation: what each part of the search buys", "",
-             f"`{command}` on this project's 2-core CPU machine. Each row: the model's search with one part taken "
+             f"`{command}` on the project's machine (`docs/speed.md`). Each row: the model's search with one part taken "
              "back (the same dataset, 64 trials, seed, TPE searcher and ASHA scheduler), its top configuration by "
              f"validation retrained with seeds {', '.join(map(str, RETRAIN_SEEDS))}; test nDCG@10 mean ± sd, and "
              "the difference from the full search's. Epochs: all the search's trials together, its cost.", "",

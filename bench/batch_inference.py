@@ -24,7 +24,7 @@ import torch
 from lrml.data import load_dataset, prepare
 from lrml.evaluate import PROTOCOLS, Evaluator
 from lrml.model import LRML, LRMLConfig
-from lrml_tune.batch_inference import evaluation_cluster, ray_data_ranks
+from lrml_tune.comparison.ray_data_ranking import evaluation_cluster, ray_data_ranks
 
 
 class ActorMemory(threading.Thread):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import math
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from lrml.train import MONITOR
-from lrml_tune.experiment import Experiment
-from lrml_tune.settings import SearchRecord
-from lrml_tune.strategy import REDUCTION_FACTOR
+from lrml_tune import sweep
+from lrml_tune.sweep import Experiment, SearchRecord, SearchSettings
+from lrml_tune.sweep.stopping import REDUCTION_FACTOR
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -105,12 +104,14 @@ def load_curves(location: str) -> list[Curve]:
 
 
 def run_search(name: str, model: str, num_samples: int, max_epochs: int, patience: int) -> str:
-    location = STORAGE / name
-    if not (SearchRecord.exists(str(location)) and SearchRecord.read(str(location)).outcome):
-        subprocess.run([sys.executable, str(REPO / "tune" / "search.py"), "--name", name, "--model", model,
-                        "--num-samples", str(num_samples), "--max-epochs", str(max_epochs), "--patience", str(patience),
-                        "--searcher", "random", "--scheduler", "none", "--storage-path", str(STORAGE)], check=True)
-    return str(location)
+    """The search without early stopping, random sampling (so nothing is learnt from stopped trials), run if missing."""
+    settings = SearchSettings(name=name, model=model, num_samples=num_samples, max_epochs=max_epochs,
+                              patience=patience, searcher="random", scheduler="none", storage_path=str(STORAGE))
+    if not (SearchRecord.exists(settings.experiment) and SearchRecord.read(settings.experiment).outcome):
+        print(settings.command_line(), flush=True)
+        if sweep.run(settings) != 0:
+            raise SystemExit(f"the search {name} did not finish")
+    return settings.experiment
 
 
 def main() -> int:

@@ -1,9 +1,10 @@
 """Quality and time to quality of the search strategies: TPE or random sampling, with ASHA (or without early
 stopping), the same number of trials each, several seeds, in one run on one machine.
 
-Each search is ``tune/search.py`` as a user runs it (its own local Ray, one after another), with the
-search's default budget unless told otherwise. From every trial's reported epochs it records the best
-validation nDCG@10 reached against the search's wall time, then writes ``bench/search_efficiency.png``,
+Each search is the default ``SearchSettings`` with its searcher, scheduler and seed, run as ``tune/search.py``
+runs it (its own local Ray, one after another), with the search's default budget unless told otherwise.
+From every trial's reported epochs it records the best validation nDCG@10 reached against the search's
+wall time, then writes ``bench/search_efficiency.png``,
 ``bench/search_efficiency.csv`` and the table in ``bench/README.md``: each combination's final best
 (mean over seeds), and how long each search took to reach its own final best and the lower of the
 combinations' mean finals.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -30,14 +30,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lrml.train import MONITOR  # noqa: E402
-from lrml_tune.experiment import Experiment  # noqa: E402
-from lrml_tune.markdown import write_section  # noqa: E402
-from lrml_tune.settings import SearchRecord  # noqa: E402
+from lrml_tune import sweep  # noqa: E402
+from lrml_tune.comparison.markdown import write_section  # noqa: E402
+from lrml_tune.sweep import SearchRecord, SearchSettings  # noqa: E402
+from lrml_tune.sweep.experiment import Experiment  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 COMBINATIONS = ("tpe+asha", "random+asha")
-DATA_DIRS = {"ml-100k": REPO.parent / "shared" / "data" / "ml-100k"}
+DATA_DIRS = {"ml-100k": str(REPO.parent / "shared" / "data" / "ml-100k")}
 TABLE_START, TABLE_END = "<!-- search_efficiency: start -->", "<!-- search_efficiency: end -->"
 
 
@@ -48,25 +49,20 @@ def search_name(dataset: str, searcher: str, scheduler: str, seed: int) -> str:
 
 def run_search(storage: Path, dataset: str, seed: int, searcher: str, scheduler: str, samples: int, args) -> Path:
     """One search, unless a finished one of that name is already in ``storage``; returns its folder."""
-    name = search_name(dataset, searcher, scheduler, seed)
-    experiment = storage / name
+    budget = {name: value for name in ("max_epochs", "patience", "grace_period")
+              if (value := getattr(args, name)) is not None}
+    settings = SearchSettings(dataset=dataset, data_dir=DATA_DIRS.get(dataset), seed=seed, searcher=searcher,
+                              scheduler=scheduler, num_samples=samples, storage_path=str(storage),
+                              name=search_name(dataset, searcher, scheduler, seed), **budget)
+    experiment = Path(settings.experiment)
     try:
         if SearchRecord.read(str(experiment)).outcome is not None:
             return experiment
     except ValueError:
         pass
-    command = [sys.executable, str(REPO / "tune" / "search.py"), "--dataset", dataset, "--seed", str(seed),
-               "--searcher", searcher, "--scheduler", scheduler, "--num-samples", str(samples),
-               "--name", name, "--storage-path", str(storage)]
-    for flag, value in (("--max-epochs", args.max_epochs), ("--patience", args.patience),
-                        ("--grace-period", args.grace_period)):
-        if value is not None:
-            command += [flag, str(value)]
-    if dataset in DATA_DIRS:
-        command += ["--data-dir", str(DATA_DIRS[dataset])]
-    print(f"{name} ...", flush=True)
-    with open(storage / f"{name}.log", "w") as log:
-        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, cwd=REPO)
+    print(settings.command_line(), flush=True)
+    if sweep.run(settings) != 0:
+        raise SystemExit(f"the search {settings.name} did not finish")
     return experiment
 
 

@@ -2,7 +2,7 @@
 worker's block into the object store) against each worker reading its block with pyarrow, back to back in one
 run: the trial's wall time, each epoch's time and the largest worker's peak memory.
 
-Both are the search's own trial (``lrml.distributed.run_trial``, a Ray Train ``TorchTrainer`` of two workers of
+Both are the search's own trial (``lrml_tune.sweep.trainable.run_trial``, a Ray Train ``TorchTrainer`` of two workers of
 one CPU each), differing only in ``TrialSpec.ray_data_reads``.
 
     python bench/train_reads.py [--dataset synthetic-ml-20m] [--epochs 1]
@@ -20,8 +20,8 @@ import ray
 from ray import tune
 
 from lrml.data import prepare, read_manifest
-from lrml.distributed import DatasetRef, TrialSpec, run_trial
 from lrml.train import defaults
+from lrml_tune.sweep.trainable import DatasetRef, TrialSpec, run_trial
 
 
 def fit_trial(spec: TrialSpec, storage: str, name: str) -> tuple[float, list[dict]]:

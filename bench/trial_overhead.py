@@ -1,7 +1,7 @@
 """Where a trial's time goes outside its training epochs: a trial trained in its own (reused) Tune
 process against the same trial fitted as a one-worker Ray Train run, in one run on one machine.
 
-The search's own code runs each trial (``lrml.distributed.run_trial``); a Tune callback on the
+The search's own code runs each trial (``lrml_tune.sweep.trainable.run_trial``); a Tune callback on the
 driver notes when each trial starts, when each epoch's result arrives and when the trial ends, and
 each result carries the epoch's own duration. From these:
 
@@ -28,8 +28,8 @@ import ray
 from ray import tune
 
 from lrml.data import load_dataset, prepare
-from lrml.distributed import DatasetRef, TrialSpec, run_trial
 from lrml.train import MONITOR, Trainer, defaults
+from lrml_tune.sweep.trainable import DatasetRef, TrialSpec, run_trial
 
 
 class Timeline(tune.Callback):

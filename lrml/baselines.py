@@ -52,12 +52,6 @@ class BPRMF(Recommender):
         return fused.Options(math.inf, config.reg_weight, 0.0, config.temperature, config.loss, "product",
                              use_memory=False, use_bias=True, num_items=config.num_items)
 
-    def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
-        neg_items = losses.as_negatives(neg_items)
-        if fused.supports(self, users):
-            return fused.loss(self, users, pos_items, neg_items)
-        return self.autograd_loss(users, pos_items, neg_items)
-
     def autograd_loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
         """The loss as PyTorch operations, the reference for ``lrml.fused``: each distinct row looked up once
         (``lookup_distinct``), so its gradient needs no sorting or summing after."""

@@ -42,7 +42,15 @@ class Recommender(nn.Module):
 
     def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
         """Training loss of a batch of users (batch,), their positive items (batch,) and negative items:
-        (batch,) for one per positive, or (batch, k)."""
+        (batch,) for one per positive, or (batch, k). The compiled CPU pass computes it where it can
+        (``lrml.fused.supports``), ``autograd_loss`` everywhere else."""
+        neg_items = losses.as_negatives(neg_items)
+        if fused.supports(self, users):
+            return fused.loss(self, users, pos_items, neg_items)
+        return self.autograd_loss(users, pos_items, neg_items)
+
+    def autograd_loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
+        """The loss as PyTorch operations, on every device: the reference the compiled pass is tested against."""
         raise NotImplementedError
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -223,12 +231,6 @@ class LRML(Recommender):
                              config.reg_weight if config.regularizer == "batch" else 0.0, config.margin,
                              config.temperature, config.loss, config.distance, config.use_memory, config.item_bias,
                              config.num_items)
-
-    def loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
-        neg_items = losses.as_negatives(neg_items)
-        if fused.supports(self, users):
-            return fused.loss(self, users, pos_items, neg_items)
-        return self.autograd_loss(users, pos_items, neg_items)
 
     def autograd_loss(self, users: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor) -> torch.Tensor:
         """The loss as PyTorch operations: every device and variant, and the reference for ``lrml.fused``."""

@@ -1,7 +1,7 @@
 """Train LRML or a baseline on a prepared dataset: the epoch loop, early stopping and checkpoints.
 
-Plain PyTorch with no Ray import: the Ray adapter drives the same ``Trainer`` through
-``fit(callback=...)`` and ``train_epoch``. Run ``python -m lrml.train --help`` for the CLI.
+Plain PyTorch with no Ray import: a search's trial (``lrml_tune.sweep.trainable``) drives the same
+``Trainer`` through ``fit(callback=...)``. Run ``python -m lrml.train --help`` for the CLI.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import time
+import typing
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -26,6 +27,7 @@ from lrml.errors import UserError
 from lrml.evaluate import Evaluator
 from lrml.model import LRML, LRMLConfig, Recommender
 from lrml.optim import Optimizer
+from lrml.options import value_type
 from lrml.parallel import Collective, SingleProcess
 from lrml.sampling import NegativeSampler
 
@@ -308,11 +310,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prepared-dir", help="where the prepared Parquet folder goes (default: under $LRML_DATA_HOME)")
     parser.add_argument("--min-rating", type=float, help="keep only ratings >= this as positives (default: all)")
     parser.add_argument("--model", choices=MODELS, default="lrml")
+    hints = typing.get_type_hints(TrainConfig)
     for field in fields(TrainConfig):
         if field.name == "model":
             continue
-        kind = {"int": int, "float": float, "str": str, "bool": yes_or_no}.get(str(field.type).split(" ")[0], float)
-        parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=None,
+        kind = value_type(hints[field.name])
+        parser.add_argument("--" + field.name.replace("_", "-"), type=yes_or_no if kind is bool else kind, default=None,
                             help=f"default: the model's tuned value ({getattr(TrainConfig(), field.name)!r} for lrml)")
     parser.add_argument("--checkpoint", help="write the best epoch's checkpoint here")
     parser.add_argument("--metrics-out", help="write the final metrics here as JSON")

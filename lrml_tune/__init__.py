@@ -1,5 +1,5 @@
-"""The search and its evaluation on Ray Tune: settings, spaces, the searcher and scheduler, trials, comparison.
-
-Users run ``tune/search.py`` and ``tune/best.py`` from a clone, or the installed ``lrml-search`` and
-``lrml-best``: all four call ``lrml_tune.search.main`` and ``lrml_tune.best.main``.
+"""The tuning package, on Ray: ``lrml_tune.sweep`` searches a model's hyperparameters (``tune/search.py``,
+``lrml-search``), and ``lrml_tune.comparison`` judges what a search returns against tuned baselines and the
+model's defaults (``tune/best.py``, ``lrml-best``). The model, data and trainer are ``lrml``'s, which
+imports no Ray.
 """

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lrml_tune.markdown import write_section
-from lrml_tune.stats import paired_randomization_test
+from lrml_tune.comparison.markdown import write_section
+from lrml_tune.comparison.stats import paired_randomization_test
 
 RESULTS = Path(__file__).resolve().parent
 LABELS = {"lrml": "LRML", "cml": "CML", "bpr": "BPR-MF", "ease": "EASE", "pop": "popularity"}

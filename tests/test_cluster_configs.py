@@ -12,7 +12,7 @@ from conftest import REPO, SHARED_DATA, require
 from jsonschema import Draft7Validator
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from lrml_tune.search import parse_args
+from lrml_tune.sweep.driver import parse_command_line
 
 CLUSTER = REPO / "cluster"
 LAUNCHER_FILES = sorted(CLUSTER.glob("*.yaml"))
@@ -120,7 +120,7 @@ def test_rayjob_runs_the_lrml_search_and_its_baselines():
     (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
     gpus = group["maxReplicas"] * int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
     for model in ("lrml", "cml", "bpr"):
-        settings, resume = parse_args([word.replace("$model", model) for word in command])
+        settings, resume = parse_command_line([word.replace("$model", model) for word in command])
         assert settings.model == model and not resume
         assert settings.address == "auto" and settings.storage_path.startswith("s3://") and settings.num_samples == 64
         # the workers scale from zero, so the search is told its concurrency, and the GPUs it asks for fit

@@ -11,8 +11,8 @@ import ray
 from conftest import REPO
 
 from lrml import train
-from lrml_tune import best, search
-from lrml_tune.settings import SearchRecord, SearchSettings
+from lrml_tune import comparison, sweep
+from lrml_tune.sweep import SearchRecord, SearchSettings
 
 TUNE = REPO / "tune"
 
@@ -68,7 +68,7 @@ def test_search_refuses_a_mistake_in_one_line_before_ray_starts(tmp_path, args, 
     args = [arg.format(**values) for arg in args]
     if "--storage-path" not in args:
         args += ["--storage-path", str(tmp_path / "runs")]
-    line = refused(search.main, args, capsys)
+    line = refused(sweep.main, args, capsys)
     assert line.startswith("search.py: error: ") and message in line
     assert not ray.is_initialized()
 
@@ -78,7 +78,7 @@ def test_a_search_whose_data_cannot_be_read_leaves_no_experiment_behind(tmp_path
     folder = tmp_path / "ml-latest-small"
     folder.mkdir()
     (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,two,4.0,964981247\n")
-    line = refused(search.main, ["--data-dir", str(folder), "--name", "unread", "--storage-path", str(tmp_path / "runs")],
+    line = refused(sweep.main, ["--data-dir", str(folder), "--name", "unread", "--storage-path", str(tmp_path / "runs")],
                    capsys)
     assert "ratings.csv, line 3" in line
     assert not (tmp_path / "runs" / "unread").exists() and not ray.is_initialized()
@@ -92,9 +92,9 @@ def test_the_script_refuses_in_one_line_and_debug_shows_the_traceback(tmp_path):
 
 
 def test_best_refuses_what_is_not_a_search(tmp_path, capsys):
-    assert refused(best.main, [str(tmp_path / "nowhere")], capsys).startswith("best.py: error: no experiment at")
+    assert refused(comparison.main, [str(tmp_path / "nowhere")], capsys).startswith("best.py: error: no experiment at")
     (tmp_path / "empty").mkdir()
-    assert "no lrml_search.json; not a search made by tune/search.py" in refused(best.main, [str(tmp_path / "empty")],
+    assert "no lrml_search.json; not a search made by tune/search.py" in refused(comparison.main, [str(tmp_path / "empty")],
                                                                                   capsys)
 
 
@@ -113,9 +113,9 @@ def test_train_names_the_bad_value_and_the_bad_line(tmp_path, capsys):
 def test_best_on_a_search_synced_from_elsewhere_asks_for_its_data(tmp_path, capsys):
     settings = SearchSettings(name="synced", storage_path=str(tmp_path), data_dir="/on/the/cluster/ml-100k",
                               dataset="ml-100k")
-    SearchRecord(settings, "/on/the/cluster/prepared", "abc").write()
-    line = refused(best.main, [str(tmp_path / "synced")], capsys)
+    SearchRecord(settings, {}, "/on/the/cluster/prepared", "abc").write()
+    line = refused(comparison.main, [str(tmp_path / "synced")], capsys)
     assert "read ml-100k from /on/the/cluster/ml-100k, which is not on this machine: pass --data-dir" in line
-    SearchRecord(SearchSettings(name="other", storage_path=str(tmp_path)), "/prepared", "abc").write()
-    line = refused(best.main, [str(tmp_path / "other")], capsys)  # the bundled data, but not what the search saw
+    SearchRecord(SearchSettings(name="other", storage_path=str(tmp_path)), {}, "/prepared", "abc").write()
+    line = refused(comparison.main, [str(tmp_path / "other")], capsys)  # the bundled data, but not what the search saw
     assert "has fingerprint" in line and "the search ran on abc" in line

@@ -20,8 +20,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from lrml.errors import UserError
-from lrml_tune.faults import PROBE_BYTES, probe
-from lrml_tune.local_ray import exclusive_local_ray, running_ray_addresses
+from lrml_tune.sweep.faults import PROBE_BYTES, probe
+from lrml_tune.sweep.local_ray import exclusive_local_ray, running_ray_addresses
 
 pytestmark = pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
 
@@ -159,7 +159,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_never_wins(tmp_path):
 
 
 def test_a_search_refuses_beside_a_ray_it_did_not_start(tmp_path):
-    """A running local Ray is found by its raylet's ``--gcs-address`` flag (``lrml_tune.local_ray``): if a Ray
+    """A running local Ray is found by its raylet's ``--gcs-address`` flag (``lrml_tune.sweep.local_ray``): if a Ray
     release starts its raylet otherwise, this fails before a search could start a second Ray beside it."""
     ray.init(_node_ip_address="127.0.0.2", num_cpus=1, include_dashboard=False)
     try:
@@ -197,7 +197,7 @@ def test_the_storage_probe_finds_a_full_or_read_only_disk_and_leaves_nothing(tmp
 def test_a_search_whose_storage_fills_stops_in_a_line_and_resumes_once_there_is_room(tmp_path):
     """A real full disk: a 40 MB tmpfs takes the experiment, and every trial keeps a checkpoint of some 12 MB,
     so the disk fills after a few trials of eight (one at a time). The saved state, which ``--resume`` reads, is
-    whole: the space the search held back (``lrml_tune.faults.Reserve``) is freed for its last writes. Grown,
+    whole: the space the search held back (``lrml_tune.sweep.faults.Reserve``) is freed for its last writes. Grown,
     the disk lets ``--resume`` finish every trial, the ones that had finished byte for byte as they were."""
     disk = tmp_path / "small-disk"
     disk.mkdir()

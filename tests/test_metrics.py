@@ -56,7 +56,7 @@ def test_scores_that_are_not_finite_count_as_the_worst():
 
 
 def test_an_evaluator_ranks_blocks_of_users_as_it_ranks_them_all(ml100k_dataset):
-    """What Ray Data's actors rely on (``lrml_tune.batch_inference``): blocks that start at multiples of the
+    """What Ray Data's actors rely on (``lrml_tune.comparison.ray_data_ranking``): blocks that start at multiples of the
     evaluator's batch give, end to end, the ranks of the whole split, bit for bit."""
     torch.manual_seed(0)
     model = LRML(LRMLConfig(ml100k_dataset.num_users, ml100k_dataset.num_items, embedding_dim=16, memory_size=5))

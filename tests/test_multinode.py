@@ -20,7 +20,7 @@ from conftest import REPO, free_port, processes
 
 from lrml.evaluate import EVAL_BATCH_USERS, Evaluator
 from lrml.model import LRML, LRMLConfig
-from lrml_tune.batch_inference import ray_data_ranks
+from lrml_tune.comparison.ray_data_ranking import ray_data_ranks
 
 pytestmark = pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
 

@@ -17,10 +17,15 @@ def sum_rows_prefetching(table, rows):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_prefetching_changes_no_result(dtype):
+def test_prefetching_changes_no_result_and_emits_a_prefetch_per_cache_line(dtype):
+    """The hint is built with numba's ``cgutils`` and LLVM's prefetch intrinsic (docs/design.md, "Internals"): it
+    must compile on this numba and reach the compiled code as a prefetch."""
     table = np.arange(7 * 37, dtype=dtype).reshape(7, 37)  # rows of 148 or 296 bytes: lines cut mid-row
     rows = np.array([6, 0, 3, 6, 1])
     assert sum_rows_prefetching(table, rows) == table[rows].sum()
+    (llvm,) = [text for signature, text in sum_rows_prefetching.inspect_llvm().items()
+               if str(signature[0].dtype) == np.dtype(dtype).name]
+    assert "call void @llvm.prefetch" in llvm
 
 
 @numba.njit

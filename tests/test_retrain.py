@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from lrml.train import TrainConfig
-from lrml_tune.retrain import RunStore, retrain
+from lrml_tune.comparison.retrain import RunStore, retrain
 
 # two epochs of a narrow LRML: enough to give real metrics, a few seconds each
 TINY = TrainConfig(embedding_dim=8, memory_size=2, max_epochs=2, patience=2, batch_size=4096, seed=1)

@@ -18,7 +18,7 @@ from optuna.storages.journal import JournalFileBackend
 from tensorboardX.proto import event_pb2
 
 from lrml.train import MONITOR
-from lrml_tune.watch import mlflow_name
+from lrml_tune.sweep.watch import mlflow_name
 
 pytestmark = pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
 

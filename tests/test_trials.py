@@ -20,15 +20,15 @@ from optuna.trial import TrialState
 from ray import tune
 
 from lrml.data import Shard, load_dataset, prepare
-from lrml.distributed import DatasetRef, TrialSpec, run_trial
 from lrml.parallel import Collective
 from lrml.train import MONITOR, Trainer, defaults
-from lrml_tune.experiment import Experiment
-from lrml_tune.searcher import StudySearcher
-from lrml_tune.settings import SearchRecord, SearchSettings
-from lrml_tune.space import Param
-from lrml_tune.strategy import make_scheduler
-from lrml_tune.tuner import summarize
+from lrml_tune.sweep import SearchRecord, SearchSettings
+from lrml_tune.sweep.experiment import Experiment
+from lrml_tune.sweep.space import Param
+from lrml_tune.sweep.stopping import make_scheduler
+from lrml_tune.sweep.study import StudySearcher
+from lrml_tune.sweep.trainable import DatasetRef, TrialSpec, run_trial
+from lrml_tune.sweep.tuner import summarize
 
 pytestmark = pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
 
@@ -125,7 +125,7 @@ def two_workers_outside_ray(spec: TrialSpec, out: Path) -> list[dict]:
 
 
 def _worker_outside_ray(rank: int, spec: TrialSpec, port: int, out: str) -> None:
-    """What ``lrml.distributed`` runs in a Ray Train worker, with a process group of its own."""
+    """What ``lrml_tune.sweep.trainable`` runs in a Ray Train worker, with a process group of its own."""
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         torch.set_num_threads(spec.threads)
@@ -152,7 +152,6 @@ def test_a_failed_trial_never_wins_however_good_it_looked(local_ray, tmp_path):
     outcome = summarize(results, wall_seconds=1.0, search_started_at=0.0, search_seconds=1.0, concurrency=1)
     assert outcome.best_config == {"x": 0.4} and len(outcome.failures) == 1
     assert list(outcome.failures.values())[0].endswith("RuntimeError: diverged")
-    settings = SearchSettings(name="flaring", storage_path=str(tmp_path),
-                              space={"x": Param("uniform", low=0.0, high=1.0, sets="x")})
-    SearchRecord(settings, "unused", "unused", outcome).write()
+    settings = SearchSettings(name="flaring", storage_path=str(tmp_path))
+    SearchRecord(settings, {"x": Param("uniform", low=0.0, high=1.0, sets="x")}, "unused", "unused", outcome).write()
     assert [trial.config["x"] for trial in Experiment(str(tmp_path / "flaring")).trials] == [0.4, 0.3]

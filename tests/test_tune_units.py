@@ -1,4 +1,5 @@
-"""The search's pieces that need no Ray: space files, starting points, typed records, strategies, resources."""
+"""The search's pieces that need no running Ray: space files, starting points, strategies, resources, state files,
+storage faults, statistics."""
 from __future__ import annotations
 
 import errno
@@ -6,7 +7,6 @@ import importlib.util
 import json
 import os
 import pickle
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +17,13 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
-from lrml import train
-from lrml.baselines import BPRConfig, EASEConfig
-from lrml.model import LRMLConfig
-from lrml.train import TrainConfig, build_model, defaults
-from lrml_tune.compare import baseline_search_args, find_baseline
-from lrml_tune.faults import RESERVE_BYTES_PER_TRIAL, Reserve, StorageFault, storage_fault
-from lrml_tune.resources import plan_resources
-from lrml_tune.search import parse_args
-from lrml_tune.searcher import STUDY_FILE, repair_journal
-from lrml_tune.settings import RECORD_FILE, SearchOutcome, SearchRecord, SearchSettings
-from lrml_tune.space import Param, at_edges, default_space_file, load_space, starting_points, suggest
-from lrml_tune.state import VERSION_KEY, read_state, write_state
-from lrml_tune.stats import bootstrap_ci, paired_randomization_test
-from lrml_tune.strategy import make_sampler, make_scheduler
+from lrml_tune.comparison.stats import bootstrap_ci, paired_randomization_test
+from lrml_tune.sweep.faults import RESERVE_BYTES_PER_TRIAL, Reserve, StorageFault, storage_fault
+from lrml_tune.sweep.resources import plan_resources
+from lrml_tune.sweep.space import at_edges, default_space_file, load_space, starting_points, suggest
+from lrml_tune.sweep.state import VERSION_KEY, read_state, write_state
+from lrml_tune.sweep.stopping import make_scheduler
+from lrml_tune.sweep.study import STUDY_FILE, make_sampler, repair_journal
 
 
 def test_every_model_space_loads_and_starts_from_the_defaults():
@@ -115,31 +108,6 @@ def test_a_starting_point_outside_the_space_is_skipped(tmp_path):
     assert starting_points("lrml", load_space(path)) == []  # both points have lr 0.001
 
 
-def test_the_search_record_reads_back_as_the_same_types(tmp_path):
-    space = load_space(default_space_file("lrml"))
-    settings = SearchSettings(name="e", storage_path=str(tmp_path), space=space, concurrency=2, data_dir="/data")
-    outcome = SearchOutcome(trials=3, errors=0, epochs_trained=9, wall_seconds=20.0, search_started_at=1.5e9,
-                            search_seconds=10.0, training_seconds=15.0, concurrency=2, best_trial="abc",
-                            best_config={"lr": 0.001}, best_epoch=3, best_trial_epochs=3,
-                            best_valid={"valid/sampled/ndcg@10": 0.4}, epochs_this_run=9)
-    record = SearchRecord(settings, "/prepared", "fingerprint", outcome)
-    record.write()
-    found = SearchRecord.read(str(tmp_path / "e"))
-    assert found == record and isinstance(found.settings.space["embedding_dim"], Param)
-    assert found.settings.space["embedding_dim"].values == (32, 64, 100, 128, 256, 512)
-    assert found.settings.space["lr[adagrad]"].when == {"optimizer": ("adagrad",)} and found.outcome.still_improving
-    assert found.outcome.training_share == pytest.approx(15.0 / (10.0 * 2))
-    assert found.outcome.time_spent() == ("3 trials (0 failed), 9 epochs; 20s (10s searching), the 2 trial slot(s) "
-                                          "75% inside training epochs")
-    # after a resume the times are the last run's alone, and the sentence says so
-    assert replace(outcome, epochs_this_run=4).time_spent().startswith(
-        "3 trials (0 failed), 9 epochs (4 in the last run, after a resume); 20s (10s searching), the last run's 2 ")
-    raw = json.loads((tmp_path / "e" / RECORD_FILE).read_text())
-    (tmp_path / "e" / RECORD_FILE).write_text(json.dumps({**raw, "version": 1}))
-    with pytest.raises(ValueError, match="record version 1, this code reads 3"):
-        SearchRecord.read(str(tmp_path / "e"))
-
-
 def test_strategies():
     assert isinstance(make_sampler("tpe", 0), optuna.samplers.TPESampler)
     assert isinstance(make_sampler("random", 0), optuna.samplers.RandomSampler)
@@ -151,13 +119,6 @@ def test_strategies():
         make_sampler("grid", 0)
 
 
-def test_default_grace_period_shrinks_to_a_short_search():
-    grace = {epochs: parse_args(["--max-epochs", str(epochs)])[0].grace_period for epochs in (1, 3, 4, 20)}
-    assert grace == {1: 1, 3: 3, 4: 4, 20: 4}
-    with pytest.raises(ValueError, match="--grace-period 5 is longer than --max-epochs 3"):
-        parse_args(["--max-epochs", "3", "--grace-period", "5"])
-
-
 def test_resource_plan_fills_the_cluster():
     assert plan_resources({"CPU": 2.0}, workers=1, cpus_per_worker=1, gpus_per_worker=0).concurrency == 2
     assert plan_resources({"CPU": 16.0, "GPU": 1.0}, workers=2, cpus_per_worker=2, gpus_per_worker=0.25).concurrency == 2
@@ -165,8 +126,6 @@ def test_resource_plan_fills_the_cluster():
         plan_resources({"CPU": 2.0}, workers=2, cpus_per_worker=1, gpus_per_worker=1)
     scaling = plan_resources({"CPU": 4.0}, workers=2, cpus_per_worker=2, gpus_per_worker=1, concurrency=4)
     assert (scaling.concurrency, scaling.fits_now) == (4, 0)  # a cluster that autoscales: the user's concurrency
-    with pytest.raises(ValueError, match="--concurrency must be at least 1; got 0"):  # the settings refuse it
-        SearchSettings(name="e", storage_path="/runs", concurrency=0)
 
 
 def test_bootstrap_interval_and_paired_test_against_known_answers():
@@ -192,62 +151,6 @@ def test_resampling_counts_of_values_matches_resampling_users():
     flipped = np.abs((rng.choice((-1.0, 1.0), (10_000, 600)) * differences).mean(axis=1))
     expected = ((flipped >= abs(differences.mean()) - 1e-12).sum() + 1) / 10_001
     assert paired_randomization_test(ndcg, other) == pytest.approx(expected, abs=0.01)
-
-
-def test_baseline_searches_are_found_beside_the_lrml_search_only_with_the_same_budget(tmp_path):
-    space = load_space(default_space_file("lrml"))
-
-    def record(name: str, model: str, finished: bool = True, **budget) -> SearchRecord:
-        settings = SearchSettings(name=name, storage_path=str(tmp_path), model=model, space=space,
-                                  num_samples=budget.get("num_samples", 8), seed=budget.get("seed", 0))
-        outcome = SearchOutcome(trials=8, errors=0, epochs_trained=8, wall_seconds=1.0, search_started_at=0.0,
-                                search_seconds=1.0, training_seconds=1.0, concurrency=1, best_trial="t",
-                                best_config={}, best_epoch=1, best_trial_epochs=2, best_valid={}) if finished else None
-        found = SearchRecord(settings, "/prepared", budget.get("fingerprint", "same"), outcome)
-        found.write()
-        return found
-
-    lrml = record("small-lrml", "lrml")
-    assert find_baseline(str(tmp_path / "small-lrml"), lrml, "cml") is None
-    record("other-cml", "cml", num_samples=16)  # another budget
-    record("seeded-cml", "cml", seed=1)  # another seed
-    record("elsewhere-cml", "cml", fingerprint="other")  # another dataset
-    record("unfinished-cml", "cml", finished=False)
-    assert find_baseline(str(tmp_path / "small-lrml"), lrml, "cml") is None
-    record("any-name-cml", "cml")
-    assert find_baseline(str(tmp_path / "small-lrml"), lrml, "cml") == str(tmp_path / "any-name-cml")
-    record("small-cml", "cml")  # the conventional name wins over another match
-    assert find_baseline(str(tmp_path / "small-lrml"), lrml, "cml") == str(tmp_path / "small-cml")
-    assert find_baseline(str(tmp_path / "small-lrml"), lrml, "bpr") is None
-    args = baseline_search_args(str(tmp_path / "small-lrml"), lrml, "bpr")
-    assert args[:4] == ["--model", "bpr", "--name", "small-bpr"] and "--num-samples" in args
-
-
-def test_a_baseline_search_gets_every_setting_of_the_lrml_search(tmp_path):
-    """The command line rebuilt for a baseline reads back as the LRML search's settings, but for model, name and space."""
-    lrml, _ = parse_args(["--name", "small-lrml-s1", "--storage-path", str(tmp_path), "--seed", "1", "--patience", "7",
-                          "--max-epochs", "30", "--worker-start-timeout", "90", "--mlflow", "http://127.0.0.1:5000",
-                          "--wandb", "--concurrency", "3"])
-    record = SearchRecord(lrml, "/prepared", "same")
-    found, _ = parse_args(baseline_search_args(str(tmp_path / "small-lrml-s1"), record, "cml"))
-    assert found.name == "small-cml-s1" and found.model == "cml"
-    assert replace(found, name=lrml.name, model="lrml", space=lrml.space, space_file=lrml.space_file) == lrml
-
-
-def test_each_default_is_written_once():
-    """The search's command line takes its defaults from SearchSettings, which takes the budget from TrainConfig;
-    the trainer's defaults build exactly the models their configs describe by default."""
-    settings, _ = parse_args(["--storage-path", "/runs"])
-    untouched = SearchSettings(name=settings.name, storage_path="/runs", space=settings.space,
-                               space_file=settings.space_file)
-    assert settings == untouched
-    assert (settings.max_epochs, settings.patience) == (TrainConfig.max_epochs, TrainConfig.patience)
-    trainer_cli = train.parse_args([])
-    assert all(getattr(trainer_cli, name) is None for name in asdict(TrainConfig()) if name != "model")  # no second default
-    assert build_model(defaults("lrml"), 10, 12).config == LRMLConfig(10, 12)
-    assert build_model(defaults("cml"), 10, 12).config == LRMLConfig(10, 12, use_memory=False)
-    assert build_model(defaults("bpr"), 10, 12).config == BPRConfig(10, 12)
-    assert build_model(defaults("ease"), 10, 12).config == EASEConfig(10, 12)
 
 
 NEWLINE = b"\n"

@@ -291,7 +291,7 @@ def load_dataset(path: str | Path, shard: Shard | None = None,
     """Load a prepared folder (see ``read_manifest`` for what is refused).
 
     With ``shard``, only that shard's training pairs are read (row groups of other users are skipped).
-    ``train_pairs`` (users, items) are the shard's training pairs read elsewhere (``lrml.distributed`` reads a
+    ``train_pairs`` (users, items) are the shard's training pairs read elsewhere (``lrml_tune.sweep.trainable`` reads a
     worker's through Ray Data), in the file's order, used in place of reading ``train.parquet``.
     """
     path = Path(path)

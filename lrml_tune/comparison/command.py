@@ -32,13 +32,16 @@ from lrml.data import Dataset, load_dataset, prepare
 from lrml.errors import UserError
 from lrml.evaluate import Evaluator
 from lrml.train import MONITOR, TrainConfig, Trainer, defaults
-from lrml_tune import compare, search
-from lrml_tune.batch_inference import RayDataEvaluator, evaluation_cluster
-from lrml_tune.ease import fits_in_memory, tune_ease
-from lrml_tune.experiment import Experiment
-from lrml_tune.report import write_plots, write_summary
-from lrml_tune.retrain import RunStore, kept_runs
-from lrml_tune.settings import SearchRecord, is_uri
+from lrml_tune import sweep
+from lrml_tune.comparison import selection
+from lrml_tune.comparison.baseline_searches import BASELINES, baseline_settings, find_baseline
+from lrml_tune.comparison.ease_grid import fits_in_memory, tune_ease
+from lrml_tune.comparison.model_result import LABELS, ModelResult, add_paired_tests, evaluate, per_user_table
+from lrml_tune.comparison.ray_data_ranking import RayDataEvaluator, evaluation_cluster
+from lrml_tune.comparison.report import write_plots, write_summary
+from lrml_tune.comparison.retrain import RunStore, kept_runs
+from lrml_tune.sweep import Experiment, SearchRecord
+from lrml_tune.sweep.storage import is_uri
 
 RESULTS = Path("results")  # under the folder best.py is run from (the clone's root)
 CANDIDATES = 3  # top configurations of each search retrained to choose from
@@ -83,52 +86,51 @@ def best_model(experiment: Experiment, dataset: Dataset, scratch: Path):
     """The model of the search's best trial by validation, from its checkpoint alone."""
     if not experiment.trials:
         raise UserError(f"{experiment.location}: no trial reported validation metrics yet")
-    return compare.load_trial(experiment, experiment.trials[0].trial_id, dataset.fingerprint, scratch)
+    return selection.load_trial(experiment, experiment.trials[0].trial_id, dataset.fingerprint, scratch)
 
 
 def baseline_searches(lrml: Experiment, tune_missing: bool) -> dict[str, Experiment]:
     """The CML and BPR-MF searches with LRML's budget, found beside it or (``tune_missing``) run now."""
     found = {}
-    for model in compare.BASELINES:
-        args = compare.baseline_search_args(lrml.location, lrml.record, model)
-        location = compare.find_baseline(lrml.location, lrml.record, model)
+    for model in BASELINES:
+        settings = baseline_settings(lrml.location, lrml.record, model)
+        location = find_baseline(lrml.location, lrml.record, model)
         if location is None and tune_missing:
-            print(f"searching {compare.LABELS[model]} with the LRML search's budget", flush=True)
-            if search.run(args) != 0:
-                raise UserError(f"the {compare.LABELS[model]} search did not finish")
-            location = compare.find_baseline(lrml.location, lrml.record, model)
+            print(f"searching {LABELS[model]} with the LRML search's budget", flush=True)
+            if sweep.run(settings) != 0:
+                raise UserError(f"the {LABELS[model]} search did not finish")
+            location = find_baseline(lrml.location, lrml.record, model)
         if location is None:
-            command = " ".join(["python tune/search.py", *args])
-            print(f"no {compare.LABELS[model]} search with this budget beside {lrml.location}; left out. "
-                  f"Run: {command}  (or pass --tune-baselines)", file=sys.stderr, flush=True)
+            print(f"no {LABELS[model]} search with this budget beside {lrml.location}; left out. "
+                  f"Run: {settings.command_line()}  (or pass --tune-baselines)", file=sys.stderr, flush=True)
         else:
             found[model] = Experiment(location)
     return found
 
 
 def searched_result(model: str, experiment: Experiment, dataset: Dataset, evaluator: Evaluator, candidates: int,
-                    defaults_epochs: int | None, scratch: Path, store: RunStore) -> compare.ModelResult:
+                    defaults_epochs: int | None, scratch: Path, store: RunStore) -> ModelResult:
     """A searched model's chosen checkpoint evaluated, with how it was chosen and its defaults trained for
     ``defaults_epochs`` (None: no retraining at all, the search's best trial is evaluated alone)."""
     settings = experiment.record.settings
     retrain = defaults_epochs is not None
     if retrain:
-        found = compare.candidates(experiment, candidates, str(dataset.path), store)
+        found = selection.candidates(experiment, candidates, str(dataset.path), store)
     else:
         top = experiment.trials[0]
-        found = [compare.Candidate(top.trial_id, top.config, top.valid[MONITOR], {})]
+        found = [selection.Candidate(top.trial_id, top.config, top.valid[MONITOR], {})]
     chosen = found[0]
-    network = compare.load_trial(experiment, chosen.trial, dataset.fingerprint, scratch)
-    result = compare.evaluate(network, evaluator, model, experiment.name, chosen.trial, chosen.config)
+    network = selection.load_trial(experiment, chosen.trial, dataset.fingerprint, scratch)
+    result = evaluate(network, evaluator, model, experiment.name, chosen.trial, chosen.config)
     result.candidates = found if retrain else []
-    result.notes = compare.notes_for(experiment, chosen)
+    result.notes = selection.notes_for(experiment, chosen)
     if retrain:
-        result.defaults = compare.defaults_runs(model, defaults_epochs, max(settings.patience, TrainConfig.patience),
+        result.defaults = selection.defaults_runs(model, defaults_epochs, max(settings.patience, TrainConfig.patience),
                                                 str(dataset.path), store)
     return result
 
 
-def ease_result(dataset: Dataset, evaluator: Evaluator) -> compare.ModelResult | None:
+def ease_result(dataset: Dataset, evaluator: Evaluator) -> ModelResult | None:
     """EASE with its weight tuned on validation, beside one fit of its default weight; None, saying why, when
     its items x items matrices do not fit in this machine's memory."""
     too_large = fits_in_memory(dataset)
@@ -136,11 +138,11 @@ def ease_result(dataset: Dataset, evaluator: Evaluator) -> compare.ModelResult |
         print(f"EASE left out: {too_large}", file=sys.stderr, flush=True)
         return None
     print("EASE: searching its weight on validation", flush=True)
-    model, search = tune_ease(dataset, evaluator)
-    result = compare.evaluate(model, evaluator, "ease", "best.py", None, {"reg_weight": search.best})
-    result.tried = search.tried
-    if search.edge():
-        result.notes.append(f"reg_weight={search.best:g} is the {search.edge()} weight tried: a wider grid may do better")
+    model, grid = tune_ease(dataset, evaluator)
+    result = evaluate(model, evaluator, "ease", "best.py", None, {"reg_weight": grid.best})
+    result.tried = grid.tried
+    if grid.edge():
+        result.notes.append(f"reg_weight={grid.best:g} is the {grid.edge()} weight tried: a wider grid may do better")
     default = Trainer(defaults("ease"), dataset)
     default.fit(final_eval=False)
     result.defaults = {"config": asdict(defaults("ease")), "valid": evaluator.evaluate(default.model, "valid"),
@@ -194,18 +196,18 @@ def run(argv: list[str]) -> int:
             searched_evaluator = RayDataEvaluator(dataset) if args.ray_data else evaluator
             store = kept_runs()
             for model, experiment in searches.items():
-                print(f"{compare.LABELS[model]}: choosing among the search's top {args.candidates} configuration(s)",
+                print(f"{LABELS[model]}: choosing among the search's top {args.candidates} configuration(s)",
                       flush=True)
                 results.append(searched_result(model, experiment, dataset, searched_evaluator, args.candidates,
                                                defaults_epochs, Path(scratch), store))
-                print(f"{compare.LABELS[model]} (trial {results[-1].trial}): test sampled ndcg@10 "
+                print(f"{LABELS[model]} (trial {results[-1].trial}): test sampled ndcg@10 "
                       f"{results[-1].test['sampled']['ndcg@10']['mean']:.4f}", flush=True)
     ease = ease_result(dataset, evaluator)
     results += [ease] if ease else []
     popularity = Trainer(defaults("pop"), dataset)
     popularity.fit(final_eval=False)
-    results.append(compare.evaluate(popularity.model, evaluator, "pop", None, None, {}))
-    compare.add_paired_tests(results)
+    results.append(evaluate(popularity.model, evaluator, "pop", None, None, {}))
+    add_paired_tests(results)
 
     out = Path(args.out) if args.out else RESULTS / lrml.name
     out.mkdir(parents=True, exist_ok=True)
@@ -213,7 +215,7 @@ def run(argv: list[str]) -> int:
     trials.to_csv(out / "trials.csv", index=False, float_format="%.6g")
     (out / "best_config.json").write_text(json.dumps({r.model: r.config for r in results if r.config}, indent=2) + "\n")
     (out / "evaluation.json").write_text(json.dumps([r.as_record() for r in results], indent=2) + "\n")
-    compare.per_user_table(results, dataset.user_raw_ids[dataset.test_users]).to_parquet(out / "per_user.parquet",
+    per_user_table(results, dataset.user_raw_ids[dataset.test_users]).to_parquet(out / "per_user.parquet",
                                                                                           index=False)
     write_summary(out, {model: experiment.record for model, experiment in searches.items()}, results, lrml.table())
     write_plots(out, searches, results)

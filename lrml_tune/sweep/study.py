@@ -1,4 +1,5 @@
-"""A Ray Tune searcher over an Optuna study that sees each trial as Optuna's own loop would.
+"""The Optuna study a search keeps (its sampler, its journal file) and the Ray Tune searcher over it, which
+sees each trial as Optuna's own loop would.
 
 Ray's ``OptunaSearch`` tells Optuna that a trial the scheduler stopped after 2 epochs is COMPLETE
 with its 2-epoch score, so TPE models truncated scores as final results. Here every epoch is an
@@ -9,6 +10,7 @@ report: max epochs or patience) is COMPLETE with its best epoch's value, and an 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import optuna
@@ -18,11 +20,27 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from lrml.errors import UserError
-from lrml_tune.settings import is_uri
-from lrml_tune.space import Param, suggest
-from lrml_tune.state import read_state, write_state
+from lrml_tune.sweep.space import Param, suggest
+from lrml_tune.sweep.state import read_state, write_state
+from lrml_tune.sweep.storage import is_uri
 
 STUDY_FILE = "optuna-study.journal"
+SEARCHERS = ("tpe", "random")
+# TPE unless random search does measurably better: over 3 seeds of the default search both reached the same
+# validation nDCG@10 in about the same time (bench/search_efficiency.py, bench/README.md)
+DEFAULT_SEARCHER = "tpe"
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """TPE (multivariate, with a constant liar so concurrent trials spread out, and grouped so that parameters
+    that apply only under a condition are modelled with the trials that had them) or uniform random sampling."""
+    if name == "tpe":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group: experimental in Optuna 5.0
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UserError(f"searcher {name!r}; expected one of {', '.join(SEARCHERS)}")
 
 
 def repair_journal(path: Path) -> str | None:

@@ -1,4 +1,5 @@
-"""The one place lrml meets Ray: a Tune trial that drives ``lrml.train.Trainer``.
+"""A search's trial: a Ray Tune function trainable that drives ``lrml.train.Trainer``, the adapter that keeps
+``lrml`` itself free of Ray.
 
 A one-worker trial trains inside the Tune trial's own process, which Tune reuses from trial to
 trial, so a trial starts in well under a second. A trial of several workers (or one asked to) fits

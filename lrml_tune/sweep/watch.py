@@ -15,7 +15,8 @@ from ray import tune
 
 from lrml.errors import UserError
 from lrml.train import MONITOR
-from lrml_tune.settings import SearchSettings, is_uri
+from lrml_tune.sweep.settings import SearchSettings
+from lrml_tune.sweep.storage import is_uri
 
 CONSOLE_WIDTH = 100
 LOG_FILE = "search.log"

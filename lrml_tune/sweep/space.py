@@ -1,4 +1,5 @@
-"""Search spaces, declared per model in ``lrml_tune/spaces/<model>.json`` and read into typed parameters.
+"""Search spaces, declared per model in ``lrml_tune/sweep/default_spaces/<model>.json`` (or a file of the
+user's) and read into typed parameters.
 
 A parameter may apply only under a condition (``"when": {"loss": ["softmax"]}``: the temperature
 matters only to the softmax loss) or have a range per value of an earlier choice (``"by":
@@ -7,7 +8,7 @@ learning rates). Such a range becomes one parameter per value, named ``lr[adam]`
 ``lr[adagrad]`` in the Optuna study, each setting the trainer's ``lr``.
 
 Each search starts from known settings inside its space: for every model the trainer's defaults
-(`lrml.train.DEFAULTS`), and for LRML also the seed sketch's regularisation (reg_weight 0.1).
+(`lrml.train.DEFAULTS`), and for LRML also ten times their regularisation (reg_weight 0.1).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import optuna
 from lrml.errors import UserError
 from lrml.train import TrainConfig, defaults
 
-SPACES = Path(__file__).with_name("spaces")
+SPACES = Path(__file__).with_name("default_spaces")
 KINDS = ("choice", "loguniform", "uniform", "int")
 NOT_SEARCHABLE = {"model", "max_epochs", "seed", "patience"}
 EDGE_SHARE = 0.05  # a best value this close to a bound (as a share of its range, in log space if log) is "at" it
@@ -190,7 +191,7 @@ def study_params(space: dict[str, Param], config: dict) -> dict:
 def starting_points(model: str, space: dict[str, Param]) -> list[dict]:
     """The known settings to try first (study parameter names), restricted to the space; any outside it is skipped."""
     known = asdict(defaults(model))
-    candidates = [known] + ([{**known, "reg_weight": 0.1}] if model == "lrml" else [])  # the seed sketch's
+    candidates = [known] + ([{**known, "reg_weight": 0.1}] if model == "lrml" else [])
     points = []
     for point in candidates:
         chosen = study_params(space, point)

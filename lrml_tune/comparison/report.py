@@ -12,10 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lrml.train import MONITOR  # noqa: E402
-from lrml_tune.compare import LABELS, RETRAIN_SEEDS, ModelResult, drop  # noqa: E402
-from lrml_tune.settings import SearchRecord  # noqa: E402
-from lrml_tune.space import Param, field_distributions  # noqa: E402
-from lrml_tune.stats import RESAMPLES  # noqa: E402
+from lrml_tune.comparison.model_result import LABELS, ModelResult, drop  # noqa: E402
+from lrml_tune.comparison.selection import RETRAIN_SEEDS  # noqa: E402
+from lrml_tune.comparison.stats import RESAMPLES  # noqa: E402
+from lrml_tune.sweep import SearchRecord  # noqa: E402
+from lrml_tune.sweep.space import Param, field_distributions  # noqa: E402
 
 PROTOCOL = ("Leave-one-out by time (latest interaction = test, second latest = validation); "
             "**sampled**: the held-out item against 100 fixed unseen candidates; **full**: against every item, "
@@ -33,8 +34,8 @@ def write_summary(out: Path, records: dict[str, SearchRecord], results: list[Mod
              f"Dataset **{lrml.dataset}** (prepared fingerprint `{records['lrml'].fingerprint}`), search seed "
              f"{lrml.seed}. Each searched model: {lrml.num_samples} trials of up to {lrml.max_epochs} epochs "
              f"(patience {lrml.patience}), {lrml.searcher} searcher, {lrml.scheduler} scheduler (grace period "
-             f"{lrml.grace_period}), {lrml.workers_per_trial} worker(s) per trial. EASE: its one weight searched "
-             "on validation by `tune/ease.py`. Popularity: nothing to tune.", ""]
+             f"{lrml.grace_epochs}), {lrml.workers_per_trial} worker(s) per trial. EASE: its one weight searched "
+             "on validation by `tune/best.py`. Popularity: nothing to tune.", ""]
     for model, record in records.items():
         outcome = record.outcome
         if outcome is not None:
@@ -63,7 +64,7 @@ def write_summary(out: Path, records: dict[str, SearchRecord], results: list[Mod
             shown = r.config if r.model not in records else {name: r.config[name] for name in _fields(records[r.model])
                                                              if name in r.config}
             lines.append(f"- {r.label}: " + ", ".join(f"`{name}={_short(value)}`" for name, value in shown.items()))
-    found = importances(lrml_trials, lrml.space)
+    found = importances(lrml_trials, records["lrml"].space)
     if found:
         lines += ["", "LRML hyperparameter importance (Optuna PED-ANOVA over its trials' best validation nDCG@10): "
                   + ", ".join(f"{name} {value:.2f}" for name, value in found.items())]
@@ -149,7 +150,7 @@ def importances(table: pd.DataFrame, space: dict[str, Param]) -> dict[str, float
 
 def _fields(record: SearchRecord) -> list[str]:
     """The trainer fields a search searched, in the order of its space."""
-    return list(dict.fromkeys(param.sets for param in record.settings.space.values()))
+    return list(dict.fromkeys(param.sets for param in record.space.values()))
 
 
 def _with_ci(value: dict) -> str:
@@ -194,7 +195,7 @@ def write_plots(out: Path, searches: dict, results: list[ModelResult]) -> None:
     for axis, name in zip(axes.flat, searched):
         values = table[name].map(lambda value: str(value) if isinstance(value, (bool, str)) else value)
         points = axis.scatter(values, table[MONITOR], s=14, c=table["epochs"], cmap="viridis")
-        if any(param.kind == "loguniform" for param in lrml.record.settings.space.values() if param.sets == name):
+        if any(param.kind == "loguniform" for param in lrml.record.space.values() if param.sets == name):
             axis.set_xscale("log")
             axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set(xlabel=name)

@@ -16,7 +16,7 @@ import torch
 from lrml.data import load_dataset, read_manifest
 from lrml.evaluate import EVAL_BATCH_USERS, PROTOCOLS, Evaluator
 from lrml.model import Recommender
-from lrml_tune.local_ray import LOCAL_NODE_IP, exclusive_local_ray
+from lrml_tune.sweep.local_ray import LOCAL_NODE_IP, exclusive_local_ray
 
 BLOCK_USERS = 8 * EVAL_BATCH_USERS  # users an actor ranks per call: long enough to hide the call's overhead
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ray import tune
 
-from lrml_tune.settings import filesystem, is_uri
+from lrml_tune.sweep.storage import filesystem, is_uri
 
 # What a write meets when the storage fills, turns read-only or goes away (a lost network mount).
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ESTALE, errno.ENOTCONN, errno.ENODEV}

@@ -14,7 +14,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from lrml.errors import UserError
 from lrml.train import TrainConfig
-from lrml_tune.settings import SearchRecord, SearchSettings, filesystem, is_uri
+from lrml_tune.sweep.record import SearchRecord
+from lrml_tune.sweep.settings import SearchSettings
+from lrml_tune.sweep.space import Param
+from lrml_tune.sweep.storage import filesystem, is_uri
 
 
 def check_settings(settings: SearchSettings, resume: bool) -> None:
@@ -57,12 +60,12 @@ def check_storage_writable(experiment: str) -> None:
         raise UserError(f"--storage-path: cannot write to {experiment}: {error}") from None
 
 
-def storage_warning(settings: SearchSettings, counts: dict) -> str | None:
+def storage_warning(settings: SearchSettings, space: dict[str, Param], counts: dict) -> str | None:
     """A warning when a local storage path has less free space than the search's checkpoints may take: each trial
     keeps one, of the largest model the space allows (its embeddings, and Adam's two moments of them)."""
     if is_uri(settings.storage_path):
         return None
-    widest = max([max(param.values) if param.kind == "choice" else param.high for param in settings.space.values()
+    widest = max([max(param.values) if param.kind == "choice" else param.high for param in space.values()
                   if param.sets == "embedding_dim"] or [TrainConfig.embedding_dim])
     needed = settings.num_samples * 3 * 4 * (counts["users"] + counts["items"]) * widest
     free = shutil.disk_usage(Path(settings.storage_path).expanduser().resolve()).free

@@ -12,9 +12,10 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import ExperimentAnalysis
 
-from lrml.distributed import CHECKPOINT_FILE
 from lrml.train import MONITOR
-from lrml_tune.settings import SearchRecord, filesystem, resolved
+from lrml_tune.sweep.record import SearchRecord
+from lrml_tune.sweep.storage import filesystem, resolved
+from lrml_tune.sweep.trainable import CHECKPOINT_FILE
 
 
 def best_epoch_row(frame: pd.DataFrame) -> pd.Series:

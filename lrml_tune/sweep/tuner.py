@@ -2,42 +2,44 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 from ray import tune
 
-from lrml.distributed import DatasetRef, TrialSpec, run_trial
 from lrml.errors import UserError
 from lrml.train import MONITOR, defaults
-from lrml_tune.experiment import best_epoch_row, valid_metrics
-from lrml_tune.faults import Reserve, StorageWatch
-from lrml_tune.searcher import StudySearcher, create_study
-from lrml_tune.settings import SearchOutcome, SearchSettings, is_uri
-from lrml_tune.space import starting_points
-from lrml_tune.strategy import make_sampler, make_scheduler
-from lrml_tune.watch import ConsoleProgress, logger_callbacks
+from lrml_tune.sweep.experiment import best_epoch_row, valid_metrics
+from lrml_tune.sweep.faults import Reserve, StorageWatch
+from lrml_tune.sweep.record import SearchOutcome, SearchRecord
+from lrml_tune.sweep.space import starting_points
+from lrml_tune.sweep.stopping import make_scheduler
+from lrml_tune.sweep.storage import is_uri
+from lrml_tune.sweep.study import StudySearcher, create_study, make_sampler
+from lrml_tune.sweep.trainable import DatasetRef, TrialSpec, run_trial
+from lrml_tune.sweep.watch import ConsoleProgress, logger_callbacks
 
 # not *.pkl or *.json: a resumed Tune copies those back from its staging folder at the end, over newer ones
 SCHEDULER_STATE_FILE = "scheduler-state.pickle"
 
 
-def trial_spec(settings: SearchSettings, dataset_path: Path, fingerprint: str) -> TrialSpec:
+def trial_spec(record: SearchRecord) -> TrialSpec:
     """What every trial shares: the model's defaults with this search's budget and seed, the dataset, resources."""
+    settings = record.settings
     base = replace(defaults(settings.model), max_epochs=settings.max_epochs, patience=settings.patience,
                    seed=settings.seed)
-    return TrialSpec(base, DatasetRef(str(dataset_path), settings.dataset, settings.data_dir, fingerprint),
+    return TrialSpec(base, DatasetRef(record.dataset_path, settings.dataset, settings.data_dir, record.fingerprint),
                      workers=settings.workers_per_trial, cpus_per_worker=settings.cpus_per_worker,
                      gpus_per_worker=settings.gpus_per_worker, ray_train=settings.workers_per_trial > 1,
                      train_storage=f"{settings.experiment}/train", max_failures=settings.max_failures)
 
 
-def build_tuner(settings: SearchSettings, spec: TrialSpec, concurrency: int, resume: bool,
-                reserve: Reserve) -> tune.Tuner:
-    """The Tuner: the chosen searcher over an Optuna study, the chosen scheduler, one trial per configuration.
+def build_tuner(record: SearchRecord, concurrency: int, resume: bool, reserve: Reserve) -> tune.Tuner:
+    """The Tuner: the chosen searcher over an Optuna study of the record's space, the chosen scheduler, one trial
+    per configuration.
 
     On ``resume`` Tune restores the trials and the searcher it saved; the scheduler, saved by Tune with
     the Tuner as it was at the start, reads back its rungs from the experiment folder.
     """
+    settings, spec = record.settings, trial_spec(record)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), spec.trial_resources)
     if resume:  # Tune restores the callbacks it saved, the watch among them; it names the reserve by its path
         if not tune.Tuner.can_restore(settings.experiment):
@@ -45,14 +47,14 @@ def build_tuner(settings: SearchSettings, spec: TrialSpec, concurrency: int, res
         return tune.Tuner.restore(settings.experiment, trainable=trainable, resume_unfinished=True,
                                   restart_errored=True)
     study = create_study(settings.experiment, settings.name, make_sampler(settings.searcher, settings.seed))
-    searcher = StudySearcher(settings.space, study, MONITOR, "max", starting_points(settings.model, settings.space))
+    searcher = StudySearcher(record.space, study, MONITOR, "max", starting_points(settings.model, record.space))
     state_file = None if is_uri(settings.experiment) else f"{settings.experiment}/{SCHEDULER_STATE_FILE}"
     watch = StorageWatch(settings.storage_path, reserve)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             metric=MONITOR, mode="max", search_alg=searcher, num_samples=settings.num_samples,
-            scheduler=make_scheduler(settings.scheduler, settings.max_epochs, settings.grace_period, state_file),
+            scheduler=make_scheduler(settings.scheduler, settings.max_epochs, settings.grace_epochs, state_file),
             max_concurrent_trials=concurrency,
             # a trial that trains in its own process ends cleanly when stopped, so Tune can hand the process on
             reuse_actors=not spec.ray_train),

@@ -1,5 +1,6 @@
-"""A search's settings and outcome as typed, versioned records, written once beside the experiment
-(``lrml_search.json``) and read back as the same types by ``--resume`` and ``tune/best.py``."""
+"""A search's record, ``lrml_search.json`` beside its experiment: the settings it ran with, the space it
+searched, the prepared dataset, and once finished its outcome. Written once, versioned, and read back as
+the same types by ``--resume`` and ``tune/best.py``."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,76 +8,16 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow.fs
 
-from lrml.data import get_release
-from lrml.data.synthetic import is_synthetic, synthetic_shape
 from lrml.errors import UserError
-from lrml.train import TrainConfig
-from lrml_tune.space import Param
-from lrml_tune.strategy import DEFAULT_GRACE_PERIOD, DEFAULT_SCHEDULER, DEFAULT_SEARCHER
+from lrml_tune.sweep.settings import SearchSettings
+from lrml_tune.sweep.space import Param
+from lrml_tune.sweep.storage import filesystem
 
 RECORD_FILE = "lrml_search.json"
-RECORD_VERSION = 3  # 3: conditional space parameters (Param.sets, Param.when), patience
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """What the command line decided: the data, the model and its space, the strategy, resources and storage."""
-
-    name: str
-    storage_path: str  # a folder (absolute), s3://... or gs://...
-    dataset: str = "ml-latest-small"
-    data_dir: str | None = None
-    model: str = "lrml"
-    num_samples: int = 64
-    max_epochs: int = TrainConfig.max_epochs
-    patience: int = TrainConfig.patience
-    grace_period: int = DEFAULT_GRACE_PERIOD
-    searcher: str = DEFAULT_SEARCHER
-    scheduler: str = DEFAULT_SCHEDULER
-    seed: int = 0
-    space_file: str = ""
-    space: dict[str, Param] = field(default_factory=dict)
-    workers_per_trial: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    concurrency: int | None = None  # trials at once; None: as many as the cluster holds now
-    max_failures: int = 2
-    worker_start_timeout: float = 600.0  # seconds a Ray Train trial's workers may take to start, per attempt
-    address: str | None = None  # None: start a local Ray
-    node_ip_address: str | None = None
-    mlflow: str | None = None  # None: no MLflow; "": an SQLite store in the experiment folder; else a tracking URI
-    wandb: bool = False
-
-    def __post_init__(self):
-        """Refuse values no search can run with, naming the flag: the one place the settings are checked."""
-        for flag, value in (("--num-samples", self.num_samples), ("--max-epochs", self.max_epochs),
-                            ("--patience", self.patience), ("--grace-period", self.grace_period),
-                            ("--workers-per-trial", self.workers_per_trial),
-                            ("--worker-start-timeout", self.worker_start_timeout),
-                            ("--concurrency", 1 if self.concurrency is None else self.concurrency)):
-            if value < 1:
-                raise UserError(f"{flag} must be at least 1; got {value:g}")
-        if self.max_failures < 0:
-            raise UserError(f"--max-failures must be at least 0; got {self.max_failures}")
-        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
-            raise UserError(f"--cpus-per-worker must be above 0 and --gpus-per-worker at least 0; got "
-                            f"{self.cpus_per_worker:g} and {self.gpus_per_worker:g}")
-        if self.grace_period > self.max_epochs:
-            raise UserError(f"--grace-period {self.grace_period} is longer than --max-epochs {self.max_epochs}")
-        if is_synthetic(self.dataset):  # an unknown dataset names the known ones
-            synthetic_shape(self.dataset)
-            if self.data_dir:
-                raise UserError(f"--data-dir {self.data_dir}: {self.dataset} is generated, not read from a folder")
-        else:
-            get_release(self.dataset)
-
-    @property
-    def experiment(self) -> str:
-        return f"{self.storage_path.rstrip('/')}/{self.name}"
+RECORD_VERSION = 4  # 4: the space beside the settings, which name its file; the grace period as given
 
 
 @dataclass(frozen=True)
@@ -122,9 +63,10 @@ class SearchOutcome:
 
 @dataclass(frozen=True)
 class SearchRecord:
-    """``lrml_search.json``: the settings, the prepared dataset they ran on, and the outcome once finished."""
+    """``lrml_search.json``: the settings, the space searched, the prepared dataset, the outcome once finished."""
 
     settings: SearchSettings
+    space: dict[str, Param]  # as searched: the file may have changed since
     dataset_path: str
     fingerprint: str
     outcome: SearchOutcome | None = None
@@ -153,21 +95,6 @@ class SearchRecord:
             raise UserError(f"{experiment}/{RECORD_FILE}: record version {data.get('version')!r}, this code reads "
                              f"{RECORD_VERSION}; run the search again with this version")
         return decode(cls, data)
-
-
-def is_uri(location: str) -> bool:
-    """Whether ``location`` names cloud storage (``s3://``, ``gs://``) rather than a local folder."""
-    return "://" in location
-
-
-def resolved(location: str) -> str:
-    """A local folder made absolute (Tune needs it so), or a URI without a trailing slash."""
-    return location.rstrip("/") if is_uri(location) else str(Path(location).expanduser().resolve())
-
-
-def filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The pyarrow filesystem of a folder or URI (Tune's own choice of filesystems) and the path within it."""
-    return pyarrow.fs.FileSystem.from_uri(resolved(location))
 
 
 def decode(kind, value):

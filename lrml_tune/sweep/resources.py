@@ -2,7 +2,7 @@
 
 A trial costs exactly ``workers * cpus_per_worker`` CPUs (and GPUs likewise): a one-worker trial
 trains in its own process and reserves that; a trial of several workers reserves nothing for the
-process that waits on its TorchTrainer (``lrml.distributed.TrialSpec.trial_resources``), since even
+process that waits on its TorchTrainer (``lrml_tune.sweep.trainable.TrialSpec.trial_resources``), since even
 0.01 CPU would leave a 1-CPU node unable to host a 1-CPU worker. A cluster that autoscales from
 zero workers holds no trial at the start; there the user says how many trials to run at once and
 the autoscaler adds nodes.

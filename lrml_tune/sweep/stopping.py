@@ -1,39 +1,21 @@
-"""The search strategies on offer: which sampler proposes configurations, which scheduler stops trials early.
-
-The defaults, TPE with ASHA, and ASHA's grace period are measured choices: ``bench/search_efficiency.py``
-and ``bench/budget.py`` (see ``bench/README.md``).
+"""Which trials stop early: ASHA (the default), asynchronous Hyperband, or none; and the rungs kept across a
+driver's restart. The default and its grace period are measured choices: ``bench/search_efficiency.py`` and
+``bench/budget.py`` (see ``bench/README.md``).
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
-import optuna
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from lrml.errors import UserError
-from lrml_tune.state import read_state, write_state
+from lrml_tune.sweep.state import read_state, write_state
 
-SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "hyperband", "none")
-# TPE unless random search does measurably better: over 3 seeds of the default search both reached the same
-# validation nDCG@10 in about the same time (bench/search_efficiency.py, bench/README.md)
-DEFAULT_SEARCHER, DEFAULT_SCHEDULER = "tpe", "asha"
+DEFAULT_SCHEDULER = "asha"
 DEFAULT_GRACE_PERIOD = 4  # epochs: the least that kept the best of 64 configurations (bench/budget.py)
 REDUCTION_FACTOR = 3
 HYPERBAND_BRACKETS = 3
-
-
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """TPE (multivariate, with a constant liar so concurrent trials spread out, and grouped so that parameters
-    that apply only under a condition are modelled with the trials that had them) or uniform random sampling."""
-    if name == "tpe":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # group: experimental in Optuna 5.0
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise UserError(f"searcher {name!r}; expected one of {', '.join(SEARCHERS)}")
 
 
 def make_scheduler(name: str, max_epochs: int, grace_period: int, state_file: str | None = None) -> TrialScheduler:
