@@ -1,101 +1,156 @@
-"""Data-parallel step rate of lrml's GradientSync against DistributedDataParallel, in one run.
+"""What a data-parallel exchange costs beside a training step, in one run: the numbers ``lrml.parallel`` sizes its
+rounds of local steps by, and two workers' step rates for each way of exchanging.
 
-Two gloo processes on this machine each train LRML on half of every global batch and exchange
-sparse embedding gradients, first with DDP (which lrml left: on gloo its sparse path corrupted
-the heap now and then) and then with ``lrml.parallel.GradientSync``. One process
-on the whole batch gives the single-worker rate for context. Prints pairs per second.
+Two gloo processes on this machine, one thread each:
 
-    python bench/gradient_exchange.py [--shape ml-1m] [--batch-size 1024] [--steps 300]
+- an exchange of the shared tables (``lrml.parallel.ChangeSum.exchange``: the change since the last one,
+  all-reduced, taken in) of one float, and of a table of ml-1m's and ml-20m's items: its fixed cost and its
+  cost a float;
+- a training step of one process (LRML's defaults, the row-wise Adam), its cost a pair;
+- steps on random batches of the shape: one process on the whole batch, then two workers each on its block
+  of users, exchanging every step as DistributedDataParallel does (the user table included), exactly
+  (``Collective(sync_every=1)``: the global batch's gradient), in rounds of local steps (the default), or
+  never: the most two processes gain on this machine.
+
+    python bench/gradient_exchange.py [--shape ml-1m] [--batch-size 1024] [--steps 1000]
 """
 from __future__ import annotations
 
-import argparse
-import platform
-import socket
-import time
+import os
 
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+# One thread a process, as Ray gives a worker of one CPU: set before torch and numba start their pools
+# (lrml/__init__.py), or the idle threads of two processes' pools slow both down.
+os.environ["OMP_NUM_THREADS"] = "1"
 
-from lrml.data.synthetic import SHAPES
-from lrml.model import LRML, LRMLConfig
-from lrml.optim import Optimizer
-from lrml.parallel import GradientSync
+import argparse  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+
+from lrml.data.synthetic import SHAPES  # noqa: E402
+from lrml.model import LRML, LRMLConfig  # noqa: E402
+from lrml.optim import Optimizer  # noqa: E402
+from lrml.parallel import ChangeSum, Collective  # noqa: E402
 
 WORLD = 2
+REPEATS = 50
+NEVER = 10**9  # steps between exchanges that no run reaches: two independent processes, this machine's ceiling
 
 
-def seconds_for_steps(model: LRML, forward, after_backward, rank: int, world: int, batch_size: int,
-                      steps: int) -> float:
-    """Wall time of ``steps`` Adam steps on this worker's share of random global batches (after warm-up);
-    the loss runs through ``forward`` and ``after_backward`` (if any) runs before each step."""
+def batches(rank: int, world: int, shape: str, size: int, count: int) -> list[tuple[torch.Tensor, ...]]:
+    """``count`` random batches of this worker's block of users (all users for one worker): a step each, no batch
+    twice, so the tables' rows are read from memory as an epoch reads them, not from a cache a few batches warm."""
+    num_users, num_items = SHAPES[shape][:2]
     generator = torch.Generator().manual_seed(rank)
-    share = batch_size // world
-    num_users, num_items = model.config.num_users, model.config.num_items
-    batches = [(torch.randint(0, num_users, (share,), generator=generator),
-                torch.randint(0, num_items, (share,), generator=generator),
-                torch.randint(0, num_items, (share,), generator=generator)) for _ in range(8)]
-    optimizer = Optimizer(model, "adam", 1e-3)
+    first, end = rank * num_users // world, (rank + 1) * num_users // world
+    return [(torch.randint(first, end, (size,), generator=generator),
+             torch.randint(0, num_items, (size,), generator=generator),
+             torch.randint(0, num_items, (size,), generator=generator)) for _ in range(count)]
+
+
+def model_of(shape: str) -> LRML:
+    torch.manual_seed(0)
+    return LRML(LRMLConfig(*SHAPES[shape][:2], embedding_dim=100, memory_size=20))
+
+
+def seconds_for_steps(model, forward, parallel, data, steps: int, batch_size: int) -> float:
+    """Wall time of ``steps`` steps (after three to warm up); ``parallel`` exchanges as the trainer has it do."""
+    optimizer = Optimizer(model, "adam", 1e-3, parallel.steps_per_step if parallel else 1)
 
     def step(users, pos, neg):
         optimizer.zero_grad()
         forward(users, pos, neg).backward()
-        if after_backward:
-            after_backward()
+        if parallel:
+            parallel.after_backward()
         optimizer.step()
+        if parallel:
+            parallel.after_step()
 
-    for batch in batches[:3]:
+    for batch in data[:3]:
         step(*batch)
-    if world > 1:
+    if dist.is_initialized():
         dist.barrier()
     start = time.perf_counter()
-    for index in range(steps):
-        step(*batches[index % len(batches)])
+    for batch in data[3:3 + steps]:
+        step(*batch)
+    if parallel:
+        parallel.end_epoch()
     return time.perf_counter() - start
 
 
-def worker(rank: int, port: int, shape: str, batch_size: int, steps: int, results) -> None:
+def exchange_seconds(floats: int) -> float:
+    """Seconds of one synchronous exchange of a table of ``floats`` floats, each worker having changed it."""
+    table = torch.nn.Parameter(torch.zeros(floats))
+    changes = ChangeSum([table], every=1)
+    for repeat in range(REPEATS + 5):
+        if repeat == 5:
+            dist.barrier()
+            start = time.perf_counter()
+        with torch.no_grad():
+            table += 1.0
+        changes.exchange()
+    return (time.perf_counter() - start) / REPEATS
+
+
+def worker(rank: int, port: int, args, results) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    for name in ("DDP (gloo sparse all-reduce)", "GradientSync (all-gather)"):
-        torch.manual_seed(0)
-        model = LRML(LRMLConfig(*SHAPES[shape][:2], embedding_dim=100, memory_size=20))
+    items = {shape: SHAPES[shape][1] * 100 for shape in ("ml-1m", "ml-20m")}  # their item tables' floats
+    costs = {"one float": exchange_seconds(1), **{f"{shape} items": exchange_seconds(n) for shape, n in items.items()}}
+    rates = {}
+    for name, sync_every in (("DDP, every step", None), ("exact gradient, every step", 1), ("local steps", None),
+                             ("never exchanging (the ceiling)", NEVER)):
+        model = model_of(args.shape)
         if name.startswith("DDP"):
-            forward, after_backward = torch.nn.parallel.DistributedDataParallel(model), None
+            forward, parallel = torch.nn.parallel.DistributedDataParallel(model), None
+            size = args.batch_size // WORLD
         else:
-            forward, after_backward = model, GradientSync(model)
-        seconds = seconds_for_steps(model, forward, after_backward, rank, WORLD, batch_size, steps)
-        if rank == 0:
-            results[name] = seconds
+            parallel, forward = Collective(sync_every), model
+            parallel.attach(model, args.batch_size)
+            size = parallel.batch_share(args.batch_size)
+            name = f"{name}, every {parallel.sync_every}" if sync_every is None else name
+        data = batches(rank, WORLD, args.shape, size, args.steps + 3)
+        seconds = seconds_for_steps(model, forward, parallel, data, args.steps, args.batch_size)
+        rates[name] = WORLD * size * args.steps / seconds
+    if rank == 0:
+        results.update(costs=costs, rates=rates, items=items)
     dist.destroy_process_group()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=["ml-1m", "ml-20m"], default="ml-1m")
-    parser.add_argument("--batch-size", type=int, default=1024, help="the global batch, split over the workers")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=1024, help="the global batch, or each worker's local one")
+    parser.add_argument("--steps", type=int, default=1000)
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    single = LRML(LRMLConfig(*SHAPES[args.shape][:2], embedding_dim=100, memory_size=20))
-    results = {"one worker, whole batch": seconds_for_steps(single, single, None, 0, 1, args.batch_size, args.steps)}
+    single = model_of(args.shape)
+    one = seconds_for_steps(single, single, None, batches(0, 1, args.shape, args.batch_size, args.steps + 3),
+                            args.steps,
+                            args.batch_size)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with mp.Manager() as manager:
         shared = manager.dict()
-        mp.spawn(worker, args=(port, args.shape, args.batch_size, args.steps, shared), nprocs=WORLD)
-        results.update(shared)
+        mp.spawn(worker, args=(port, args, shared), nprocs=WORLD)
+        costs, rates, items = shared["costs"], shared["rates"], shared["items"]
 
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.shape} shape, "
-          f"global batch {args.batch_size}, {args.steps} steps, 1 thread per process")
-    ddp = results["DDP (gloo sparse all-reduce)"]
-    for name, seconds in results.items():
-        print(f"{name:30s} {args.steps * args.batch_size / seconds:10,.0f} pairs/s   "
-              f"{ddp / seconds:4.2f}x DDP's rate")
+    fixed = costs["one float"]
+    per_float = (costs["ml-20m items"] - fixed) / items["ml-20m"]
+    per_pair = one / (args.steps * args.batch_size)
+    print(f"torch {torch.__version__}, {args.shape} shape, batch {args.batch_size}, {args.steps} steps, one thread "
+          "per process, gloo over loopback")
+    print(f"an exchange: {fixed * 1e3:.2f} ms of one float, {costs['ml-1m items'] * 1e3:.2f} ms of ml-1m's item table, "
+          f"{costs['ml-20m items'] * 1e3:.2f} ms of ml-20m's: {fixed * 1e3:.2f} ms and {per_float * 1e9:.1f} ns a float")
+    print(f"a training step of one process: {one / args.steps * 1e3:.2f} ms, {per_pair * 1e6:.2f} us a pair")
+    print(f"{'one worker, whole batch':38s} {args.steps * args.batch_size / one:10,.0f} pairs/s  1.00x")
+    for name, rate in rates.items():
+        print(f"{'2 workers, ' + name:38s} {rate:10,.0f} pairs/s  {rate * one / (args.steps * args.batch_size):4.2f}x")
 
 
 if __name__ == "__main__":

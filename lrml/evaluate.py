@@ -61,6 +61,15 @@ class Evaluator:
         return {protocol: per_user_metrics(found, self.ks)
                 for protocol, found in self.ranks(model, part, protocols).items()}
 
+    def metric_sums(self, model: Recommender, part: str, protocols: tuple[str, ...],
+                    users: tuple[int, int]) -> tuple[dict[str, dict[str, float]], int]:
+        """Each metric summed over the split's users with ids from ``users[0]`` to before ``users[1]``, and how
+        many they are: what data-parallel workers, each evaluating the users it owns, add up into means."""
+        first, last = np.searchsorted(self.dataset.split_arrays(part)[0], users)  # a split's users are sorted
+        found = self.ranks(model, part, protocols, int(first), int(last))
+        return ({protocol: {name: float(values.sum()) for name, values in per_user_metrics(ranks, self.ks).items()}
+                 for protocol, ranks in found.items()}, int(last - first))
+
     @torch.no_grad()
     def ranks(self, model: Recommender, part: str, protocols: tuple[str, ...] = PROTOCOLS, first: int = 0,
               last: int | None = None) -> dict[str, torch.Tensor]:

@@ -65,6 +65,11 @@ class Recommender(nn.Module):
         """The compiled CPU loss's description of this model, or None where ``lrml.fused`` lacks its variant."""
         return None
 
+    def user_tables(self) -> list[nn.Parameter]:
+        """The parameters with a row per user: a data-parallel worker owns its users' rows of them."""
+        table = getattr(self, "user_embedding", None)
+        return [table.weight] if isinstance(table, nn.Embedding) else []
+
     @torch.no_grad()
     def recommend(self, users: torch.Tensor, k: int = 10, exclude: list | None = None) -> torch.Tensor:
         """Top-``k`` item indices per user, never any item listed for that user in ``exclude``."""
@@ -274,9 +279,20 @@ class LRML(Recommender):
         return 0.5 * weight * (batch_rows + self.shared_term_weight * shared)
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        users, items = torch.broadcast_tensors(users, items)
+        """Scores of (user, item) pairs, broadcast. A user's row is looked up once for all its items (users
+        ``(B, 1)`` against items ``(B, C)`` in the sampled protocol), and the distance is taken as ``score_all``
+        takes it, over the N memory slots: ``||p - q||^2 + a (M M^T) a^T + 2 a M (p - q)``, with no relation
+        vector per pair, so a batch holds two tensors of pairs x d, not ten."""
         p, q = self._clip(self.user_embedding(users)), self._clip(self.item_embedding(items))
-        scores = self._score_vectors(p, q, self.relation(p, q))
+        both = p * q
+        norms = [torch.einsum("...d,...d->...", x, x) for x in (p, q)]  # no pairs x d tensor, unlike pow(2).sum
+        apart = (norms[0] + norms[1] - 2 * both.sum(-1)).clamp(min=0)  # ||p - q||^2
+        if self.config.use_memory:
+            memory = self.memory
+            attention = torch.softmax(both @ self.keys, dim=-1)
+            shifted = attention @ (memory @ memory.T) + 2 * (p @ memory.T) - 2 * (q @ memory.T)
+            apart = (apart + (shifted * attention).sum(-1)).clamp(min=0)
+        scores = self._distance_score(apart)
         return scores + self.item_bias(items).squeeze(-1) if self.config.item_bias else scores
 
     @torch.no_grad()

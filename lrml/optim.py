@@ -1,4 +1,4 @@
-"""Optimizers for models with sparse embedding tables: row-wise Adam and Adagrad, and the trainer's combined optimizer.
+"""Optimizers for models with sparse embedding tables: row-wise Adam and Adagrad, and the trainer's optimizer.
 
 ``RowWiseAdam`` is lazy Adam on the rows a batch touches, with ``torch.optim.SparseAdam``'s
 semantics exactly: one step counter per table, and a row's moments decay only on the steps that
@@ -6,7 +6,8 @@ touch it. SparseAdam builds five sparse tensors and masks the dense state twice 
 one pass over the touched rows reads each row's weights and both moments once and updates them
 in place (compiled with numba on a CPU, three indexed PyTorch operations elsewhere), as the fused
 row-wise optimizers of large-embedding libraries do. ``RowWiseAdagrad`` does the same for
-``torch.optim.Adagrad``'s sparse update.
+``torch.optim.Adagrad``'s sparse update. A dense gradient (LRML's memory and keys) touches every
+row: the same update, on all of them.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from lrml.model import split_parameters
 from lrml.prefetch import AHEAD, prefetch_row
 
 
@@ -32,10 +32,11 @@ class RowWiseAdam(torch.optim.Optimizer):
         if lr <= 0 or eps <= 0 or not all(0.0 <= beta < 1.0 for beta in betas):
             raise ValueError(f"lr={lr}, betas={betas}, eps={eps}: need lr > 0, eps > 0, 0 <= beta < 1")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "maximize": False})
+        self.steps_per_step = 1  # steps of one process that each step stands for (see Optimizer)
 
     @torch.no_grad()
     def step(self, closure=None):
-        for group, param, state, rows, grad_rows in _sparse_steps(self, "Adam", lambda param: {
+        for group, param, state, rows, grad_rows in _row_steps(self, lambda param: {
                 "step": 0, "exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}):
             beta1, beta2 = group["betas"]
             step = state["step"]
@@ -44,22 +45,26 @@ class RowWiseAdam(torch.optim.Optimizer):
                        beta1, beta2, group["eps"], step_size)
 
 
-def _sparse_steps(optimizer: torch.optim.Optimizer, name: str, new_state):
-    """Each parameter with a gradient, its state (begun by ``new_state(param)``, its step counted) and the
-    distinct rows its sparse gradient touches; a parameter whose gradient touches no row is left out."""
+def _row_steps(optimizer: torch.optim.Optimizer, new_state):
+    """Each parameter with a gradient, as rows (a 1-D one a column), its state so viewed (begun by
+    ``new_state(param)``, its step counted), and the distinct rows its gradient touches: a sparse gradient's,
+    or every row of a dense one. A parameter whose gradient touches no row is left out."""
     for group in optimizer.param_groups:
         for param in group["params"]:
             if param.grad is None:
                 continue
-            if not param.grad.is_sparse:
-                raise RuntimeError(f"RowWise{name} takes sparse gradients; use torch.optim.{name} for dense ones")
             state = optimizer.state[param]
             if not state:
                 state.update(new_state(param))
-            state["step"] += 1
-            rows, grad_rows = _distinct_rows(param.grad)
+            state["step"] += optimizer.steps_per_step
+            if param.grad.is_sparse:
+                rows, grad_rows = _distinct_rows(param.grad)
+            else:
+                rows, grad_rows = torch.arange(len(param), device=param.device), param.grad.reshape(len(param), -1)
+            as_rows = {key: value.view(len(param), -1) if torch.is_tensor(value) and value.shape == param.shape
+                       else value for key, value in state.items()}
             if len(rows):
-                yield group, param, state, rows, grad_rows
+                yield group, param.data.view(len(param), -1), as_rows, rows, grad_rows
 
 
 def _distinct_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,10 +124,11 @@ class RowWiseAdagrad(torch.optim.Optimizer):
             raise ValueError(f"lr={lr}, eps={eps}: need lr > 0, eps > 0")
         super().__init__(params, {"lr": lr, "eps": eps, "lr_decay": 0.0, "weight_decay": 0.0,
                                   "initial_accumulator_value": 0.0})
+        self.steps_per_step = 1  # steps of one process that each step stands for (see Optimizer)
 
     @torch.no_grad()
     def step(self, closure=None):
-        for group, param, state, rows, grad_rows in _sparse_steps(self, "Adagrad", lambda param: {
+        for group, param, state, rows, grad_rows in _row_steps(self, lambda param: {
                 "step": torch.tensor(0.0), "sum": torch.zeros_like(param)}):
             _adagrad_rows(param, state["sum"], rows, grad_rows, group["lr"], group["eps"])
 
@@ -153,12 +159,19 @@ def _adagrad_rows_compiled(param, sums, rows, grad_rows, lr, eps):
 
 
 class Optimizer:
-    """Adam or Adagrad, row-wise on sparse embedding gradients and ``torch.optim``'s on the rest, stepped as one."""
+    """Row-wise Adam or Adagrad over every parameter of a model: its embedding tables' sparse gradients and the
+    dense ones alike.
 
-    def __init__(self, model: nn.Module, name: str, lr: float):
-        sparse, dense = split_parameters(model)
-        row_wise, whole = (RowWiseAdagrad, torch.optim.Adagrad) if name == "adagrad" else (RowWiseAdam, torch.optim.Adam)
-        self.parts = ([row_wise(sparse, lr=lr)] if sparse else []) + ([whole(dense, lr=lr)] if dense else [])
+    ``steps_per_step``: how many steps of one process each step stands for. Data-parallel workers taking
+    local steps side by side (``lrml.parallel``) stand for as many as there are workers, so that Adam's bias
+    correction, which follows a table's step count, warms up over the pairs trained as one process's would.
+    """
+
+    def __init__(self, model: nn.Module, name: str, lr: float, steps_per_step: int = 1):
+        row_wise, params = RowWiseAdagrad if name == "adagrad" else RowWiseAdam, list(model.parameters())
+        self.parts = [row_wise(params, lr=lr)] if params else []  # a closed-form model has none
+        for part in self.parts:
+            part.steps_per_step = steps_per_step
 
     def zero_grad(self) -> None:
         for part in self.parts:

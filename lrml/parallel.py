@@ -1,24 +1,51 @@
 """Data-parallel strategies for the trainer: one process (nothing to exchange) or a process group.
 
-The trainer asks its strategy three things: which worker it is, to sum gradients over the workers
-between ``backward`` and the optimizer step, and to agree on values every worker must share (the
-step count of an epoch, rank 0's validation metrics). ``SingleProcess`` answers them trivially.
+The trainer asks its strategy which worker it is, how many pairs a step of this worker takes, to
+exchange what the workers share (after ``backward``, after the optimizer step, at the end of an
+epoch), to hand every worker the rows the others own (before a checkpoint), and to agree on values
+every worker must share (the step count of an epoch, the validation metrics' sums).
 
-``Collective`` stands in for DistributedDataParallel. With sparse gradients on gloo, DDP aborted a
-CPU worker with a corrupted heap within 20,000 steps in each of two runs here (torch 2.13), and it
-needs a sparse all-reduce, which NCCL does not have. A sparse gradient travels here as its rows:
-every worker all-gathers the row indices and values of all workers with the plain dense
-collectives that every backend has, and adds them up. Dense gradients go through one all-reduce.
+Each worker trains on a block of whole users (``lrml.data.Shard``), so the user table's rows a
+worker updates are rows no other worker reads: they are never exchanged, only gathered when a
+checkpoint is written. The tables every worker reads (items, LRML's memory and keys) are shared in
+one of two ways, chosen by ``sync_every`` (by default, ``auto_sync_every``):
 
-Gradients are summed, not averaged. The loss is a sum over the batch, so the sum over workers
-is the gradient of the global batch, the one a single worker would compute.
+- ``1``, exact: every step, each worker computes the gradient of its share of the global batch,
+  the shared tables' gradients are summed over the workers, and every worker takes the global
+  batch's step. The loss is a sum over the batch, so the sum is the global batch's gradient. It
+  pays where an exchange costs little beside a step (fast links, big batches).
+- ``k > 1``, local steps: each worker takes ``k`` steps of a whole ``batch_size`` on its own users,
+  then the changes every worker made to the shared tables since the last exchange are summed (one
+  all-reduce) and applied on every worker, so every pair's update counts once, as in one process;
+  the updates of one round do not see each other's. A collective on gloo over loopback costs about
+  a step's time here (``bench/gradient_exchange.py``), so an exchange every step leaves two workers
+  slower than one; the rounds' cost in quality is measured in ``bench/data_parallel.py``.
+
+With sparse gradients on gloo, DistributedDataParallel aborted a CPU worker with a corrupted heap
+within 20,000 steps in each of two runs here (torch 2.13), and NCCL has no sparse all-reduce: a
+sparse gradient travels as its rows, all-gathered with the dense collectives every backend has.
 """
 from __future__ import annotations
+
+import math
+import time
 
 import torch
 import torch.distributed as dist
 
-from lrml.model import split_parameters
+from lrml.model import Recommender, split_parameters
+
+# What an exchange and a step cost on the project's machine (python bench/gradient_exchange.py): an all-reduce over
+# gloo on loopback takes about 1 ms plus 4 ns a float (the copies around it included), a training step 3.4 us a
+# pair. A round of local steps is made long enough that its exchange costs about a tenth of its training.
+EXCHANGE_SECONDS, EXCHANGE_SECONDS_PER_FLOAT, STEP_SECONDS_PER_PAIR = 1e-3, 4e-9, 3.4e-6
+EXCHANGE_SHARE = 0.1
+
+
+def auto_sync_every(shared_floats: int, batch_size: int) -> int:
+    """Steps per round of local steps (at least 2): as few as keep a round's exchange near a tenth of its training."""
+    exchange = EXCHANGE_SECONDS + shared_floats * EXCHANGE_SECONDS_PER_FLOAT
+    return max(2, math.ceil(exchange / (EXCHANGE_SHARE * batch_size * STEP_SECONDS_PER_PAIR)))
 
 
 class SingleProcess:
@@ -26,20 +53,37 @@ class SingleProcess:
 
     rank = 0
     world_size = 1
+    exchange_seconds = 0.0
+    steps_per_step = 1
 
-    def attach(self, model: torch.nn.Module) -> None:
+    def attach(self, model: Recommender, batch_size: int) -> None:
         """Nothing to set up for one worker."""
 
-    def sum_gradients(self) -> None:
+    def batch_share(self, batch_size: int) -> int:
+        return batch_size
+
+    def user_block(self, num_users: int) -> tuple[int, int]:
+        return 0, num_users
+
+    def begin_epoch(self) -> None:
+        """Nothing to exchange."""
+
+    def after_backward(self) -> None:
         """One worker's gradient is the global batch's."""
+
+    def after_step(self) -> None:
+        """Nothing to exchange."""
+
+    def end_epoch(self) -> None:
+        """Nothing to exchange."""
+
+    def gather_owned(self, optimizer) -> None:
+        """One worker owns every row."""
 
     def agree_max(self, value: int) -> int:
         return value
 
     def agree_sum(self, values: list[float]) -> list[float]:
-        return values
-
-    def agree_from_rank_zero(self, values: dict[str, float]) -> dict[str, float]:
         return values
 
 
@@ -49,51 +93,182 @@ class Collective:
     ``attach`` copies rank 0's weights to every worker, as DDP does, so the workers start equal.
     """
 
-    def __init__(self):
+    def __init__(self, sync_every: int | None = None):
+        if sync_every is not None and sync_every < 1:
+            raise ValueError(f"sync_every={sync_every}: must be at least 1 (or None: auto_sync_every)")
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
-        self._sync: GradientSync | None = None
+        self.sync_every = sync_every
+        self._owned: list[torch.nn.Parameter] = []
+        self._gradients: GradientSync | None = None
+        self._changes: ChangeSum | None = None
+        self._gradient_seconds = 0.0
+        self.device = torch.device("cpu")
 
-    def attach(self, model: torch.nn.Module) -> None:
-        """Start from rank 0's weights; every worker adds its share of the loss terms that all of them hold."""
-        self._sync = GradientSync(model)
-        model.shared_term_weight = 1.0 / self.world_size
+    def attach(self, model: Recommender, batch_size: int) -> None:
+        """Start from rank 0's weights; set up the exchange of the shared tables for steps of ``batch_size``."""
+        with torch.no_grad():
+            for param in model.parameters():
+                dist.broadcast(param, src=0)
+        self.device = next(model.parameters()).device
+        self._owned = model.user_tables()
+        sparse, dense = ([param for param in group if all(param is not owned for owned in self._owned)]
+                         for group in split_parameters(model))
+        if self.sync_every is None:
+            self.sync_every = auto_sync_every(sum(param.numel() for param in sparse + dense), batch_size)
+        if self.sync_every == 1:
+            self._gradients = GradientSync(sparse, dense)
+            # the loss terms every worker holds whole (LRML's regulariser on its memory) are summed too: 1/N each
+            model.shared_term_weight = 1.0 / self.world_size
+        else:
+            self._changes = ChangeSum(sparse + dense, self.sync_every)
 
-    def sum_gradients(self) -> None:
-        self._sync()
+    @property
+    def steps_per_step(self) -> int:
+        """Steps of one process that a step of this worker stands for: one of the global batch's, or, with local
+        steps, one for each worker taking its own step beside it (``lrml.optim.Optimizer``)."""
+        return 1 if self.sync_every == 1 else self.world_size
+
+    def batch_share(self, batch_size: int) -> int:
+        """Pairs a step of this worker takes: its share of the global batch, or a whole batch of local steps."""
+        return math.ceil(batch_size / self.world_size) if self.sync_every == 1 else batch_size
+
+    def user_block(self, num_users: int) -> tuple[int, int]:
+        """The users this worker trains on and owns (``lrml.data.Shard``'s block)."""
+        return self.rank * num_users // self.world_size, (self.rank + 1) * num_users // self.world_size
+
+    @property
+    def exchange_seconds(self) -> float:
+        """Seconds this worker has spent exchanging the shared tables, waiting for the others included."""
+        return self._gradient_seconds + (self._changes.seconds if self._changes is not None else 0.0)
+
+    def begin_epoch(self) -> None:
+        """Count changes from the shared tables as they are now, the same on every worker (after the last epoch's
+        exchange, or after every worker restored one checkpoint)."""
+        if self._changes is not None:
+            self._changes.restart()
+
+    def after_backward(self) -> None:
+        if self._gradients is not None:
+            started = time.perf_counter()
+            self._gradients()
+            self._gradient_seconds += time.perf_counter() - started
+
+    def after_step(self) -> None:
+        if self._changes is not None:
+            self._changes.step()
+
+    def end_epoch(self) -> None:
+        """Exchange what is left of the round, so that every worker validates the same shared tables."""
+        if self._changes is not None:
+            self._changes.exchange()
+
+    def gather_owned(self, optimizer) -> None:
+        """Every worker's rows of the user tables, and of their optimizer state, on every worker: before a
+        checkpoint, which holds the whole model. A collective: every worker calls it."""
+        for param in self._owned:
+            state = [value for part in optimizer.parts for value in part.state.get(param, {}).values()
+                     if torch.is_tensor(value) and value.shape == param.shape]
+            for table in (param.data, *state):
+                self._gather_blocks(table)
+
+    def _gather_blocks(self, table: torch.Tensor) -> None:
+        """Each worker's block of rows of ``table`` written into every worker's copy."""
+        bounds = [(rank * len(table) // self.world_size, (rank + 1) * len(table) // self.world_size)
+                  for rank in range(self.world_size)]
+        longest = max(end - first for first, end in bounds)
+        first, end = bounds[self.rank]
+        mine = table.new_zeros((longest, *table.shape[1:]))
+        mine[:end - first] = table[first:end]
+        blocks = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(blocks, mine)
+        with torch.no_grad():
+            for (first, end), block in zip(bounds, blocks):
+                table[first:end] = block[:end - first]
 
     def agree_max(self, value: int) -> int:
         """The largest ``value`` over the workers (every worker must take the same number of steps)."""
-        found = torch.tensor([value], dtype=torch.long, device=self._sync.device)
+        found = torch.tensor([value], dtype=torch.long, device=self.device)
         dist.all_reduce(found, op=dist.ReduceOp.MAX)
         return int(found.item())
 
     def agree_sum(self, values: list[float]) -> list[float]:
         """Each value summed over the workers."""
-        found = torch.tensor(values, dtype=torch.float64, device=self._sync.device)
+        found = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(found)
         return found.tolist()
 
-    def agree_from_rank_zero(self, values: dict[str, float]) -> dict[str, float]:
-        """Rank 0's ``values`` on every worker, so all of them report and decide alike."""
-        found = torch.tensor(list(values.values()), dtype=torch.float64, device=self._sync.device)
-        dist.broadcast(found, src=0)
-        return dict(zip(values, found.tolist()))
+
+class ChangeSum:
+    """Local steps: every ``every`` steps each worker sends the change it made to ``params`` since its last send,
+    summed over the workers by an all-reduce that runs while the next round trains, and takes in the others'
+    changes of the round before (one round late). ``exchange`` ends with every worker on the same values.
+
+    ``agreed`` holds every worker's changes up to the last sum that arrived, and is the same on every worker;
+    a worker's ``params`` are ``agreed`` plus its own changes since.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], every: int):
+        self.params, self.every, self.steps, self.seconds = params, every, 0, 0.0
+        self.agreed = torch.cat([param.detach().reshape(-1) for param in params])
+        self.sent, self.outgoing, self.arriving = (self.agreed.clone() for _ in range(3))
+        self.in_flight: dist.Work | None = None
+
+    @torch.no_grad()
+    def restart(self) -> None:
+        """Take the parameters as they are now as agreed, with nothing sent: every worker must hold the same."""
+        if self.in_flight is not None:
+            raise RuntimeError("an exchange is still in flight: call exchange() first")
+        for param, agreed, sent in zip(self.params, self._views(self.agreed), self._views(self.sent)):
+            agreed.copy_(param)
+            sent.copy_(param)
+
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [view.view_as(param) for view, param in zip(flat.split([p.numel() for p in self.params]), self.params)]
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self._round(wait_for_all=False)
+
+    def exchange(self) -> None:
+        """The change since the last send summed now, and every earlier one taken in: the workers agree."""
+        self._round(wait_for_all=True)
+
+    @torch.no_grad()
+    def _round(self, wait_for_all: bool) -> None:
+        started = time.perf_counter()
+        params, sent, outgoing = self.params, self._views(self.sent), self._views(self.outgoing)
+        for param, last, change in zip(params, sent, outgoing):
+            torch.sub(param, last, out=change)  # this worker's change since it last sent
+        if self.in_flight is not None:
+            self.in_flight.wait()
+            self.agreed += self.arriving  # every worker's changes of the round before
+        if wait_for_all:
+            dist.all_reduce(self.outgoing)
+            self.agreed += self.outgoing
+            self.in_flight = None
+        for param, agreed, change in zip(params, self._views(self.agreed), outgoing):
+            if wait_for_all:
+                param.copy_(agreed)
+            else:
+                torch.add(agreed, change, out=param)  # what the workers agreed, and this worker's change on its way
+        for param, last in zip(params, sent):
+            last.copy_(param)
+        if not wait_for_all:
+            self.outgoing, self.arriving = self.arriving, self.outgoing
+            self.in_flight = dist.all_reduce(self.arriving, async_op=True)
+        self.seconds += time.perf_counter() - started
 
 
 class GradientSync:
-    """Sum each parameter's gradient over the workers of the default process group; call it
-    between ``backward`` and the optimizer step, on every worker, at every step.
+    """Sum the gradients of ``sparse`` (embedding tables' sparse gradients) and ``dense`` parameters over the
+    workers of the default process group; call it between ``backward`` and the optimizer step, on every
+    worker, at every step."""
 
-    Constructing it copies rank 0's weights to every worker.
-    """
-
-    def __init__(self, model: torch.nn.Module):
-        with torch.no_grad():
-            for param in model.parameters():
-                dist.broadcast(param, src=0)
-        self.sparse, self.dense = split_parameters(model)
-        self.device = next(model.parameters()).device
+    def __init__(self, sparse: list[torch.nn.Parameter], dense: list[torch.nn.Parameter]):
+        self.sparse, self.dense = sparse, dense
+        self.device = (sparse + dense)[0].device if sparse + dense else torch.device("cpu")
         self.world = dist.get_world_size()
 
     def __call__(self) -> None:

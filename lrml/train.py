@@ -142,7 +142,7 @@ class Trainer:
 
     ``parallel`` is the data-parallel strategy: ``SingleProcess`` (the default) trains alone,
     ``lrml.parallel.Collective`` trains one model with the other workers of a process group, each
-    worker taking its share of every global batch of ``config.batch_size`` pairs.
+    worker on its own block of users (``dataset`` holds that shard of the training pairs).
     """
 
     def __init__(self, config: TrainConfig, dataset: Dataset, parallel: SingleProcess | Collective = SingleProcess(),
@@ -153,9 +153,9 @@ class Trainer:
         self.device = torch.device(device)
         torch.manual_seed(config.seed)
         self.model = build_model(config, dataset.num_users, dataset.num_items).to(self.device)
-        parallel.attach(self.model)
-        self.optimizer = Optimizer(self.model, config.optimizer, config.lr)
-        self.batch_size = math.ceil(config.batch_size / parallel.world_size)  # this worker's share of a batch
+        parallel.attach(self.model, config.batch_size)
+        self.optimizer = Optimizer(self.model, config.optimizer, config.lr, parallel.steps_per_step)
+        self.batch_size = parallel.batch_share(config.batch_size)  # the pairs of this worker's step
         self.sampler = NegativeSampler(dataset.train_keys, dataset.num_items, seed=config.seed * 1000 + parallel.rank)
         self.shuffle_rng = np.random.default_rng(config.seed * 1000 + parallel.rank + 500)
         self.evaluator = Evaluator(dataset)
@@ -178,6 +178,7 @@ class Trainer:
         if not self.trainable:
             self.model.fit(*(torch.as_tensor(ids, dtype=torch.long, device=self.device) for ids in (users, items)))
             return 0.0
+        self.parallel.begin_epoch()
         order = self.shuffle_rng.permutation(len(users))
         users, items = users[order], items[order]
         users_t = torch.as_tensor(users, dtype=torch.long, device=self.device)
@@ -193,20 +194,21 @@ class Trainer:
             self.optimizer.zero_grad()
             loss = self.model(users_t[batch], pos_t[batch], torch.as_tensor(negatives, device=self.device))
             loss.backward()
-            self.parallel.sum_gradients()
+            self.parallel.after_backward()
             self.optimizer.step()
+            self.parallel.after_step()
             total += loss.detach()
+        self.parallel.end_epoch()
         loss_sum, pairs = self.parallel.agree_sum([total.item(), min(steps * size, len(users))])
         return loss_sum / max(pairs, 1)
 
     def validate(self) -> dict[str, float]:
-        """Sampled validation metrics, flat and prefixed (``valid/sampled/ndcg@10``): rank 0 evaluates, every
-        worker gets its numbers."""
-        if self.parallel.rank == 0:
-            found = self.evaluator.evaluate(self.model, "valid", ("sampled",))["sampled"]
-        else:
-            found = dict.fromkeys(self.evaluator.metric_names, 0.0)
-        return self.parallel.agree_from_rank_zero({f"valid/sampled/{name}": value for name, value in found.items()})
+        """Sampled validation metrics, flat and prefixed (``valid/sampled/ndcg@10``). Each worker evaluates the
+        users it owns, whose rows are current only there, and every worker gets the means of their sums."""
+        block = self.parallel.user_block(self.dataset.num_users)
+        sums, count = self.evaluator.metric_sums(self.model, "valid", ("sampled",), block)
+        *totals, users = self.parallel.agree_sum([*sums["sampled"].values(), count])
+        return {f"valid/sampled/{name}": total / max(users, 1) for name, total in zip(sums["sampled"], totals)}
 
     def final_metrics(self) -> dict:
         """Validation and test metrics in both protocols (the CLI's ``--metrics-out`` shape)."""
@@ -252,17 +254,19 @@ class Trainer:
             best_state = copy.deepcopy(self.model.state_dict())
         max_epochs = self.config.max_epochs if self.trainable else 1
         for epoch in range(best_epoch + 1, max_epochs + 1):
-            epoch_start = time.perf_counter()
+            epoch_start, exchanged = time.perf_counter(), self.parallel.exchange_seconds
             loss = self.train_epoch(*positives())
             validation_start = time.perf_counter()
             metrics = {"epoch": epoch, "loss": loss, **self.validate(), "seconds": time.perf_counter() - epoch_start,
-                       "validation_seconds": time.perf_counter() - validation_start}
+                       "validation_seconds": time.perf_counter() - validation_start,
+                       "exchange_seconds": self.parallel.exchange_seconds - exchanged}
             if not all(math.isfinite(metrics[name]) for name in ("loss", MONITOR)):
                 raise TrainingDiverged(f"epoch {epoch}: loss {loss}, {MONITOR} {metrics[MONITOR]}: the model diverged "
                                        f"(lr {self.config.lr:g} may be too high)")
             history.append(metrics)
             improved = metrics[MONITOR] > best_value
             if improved:
+                self.parallel.gather_owned(self.optimizer)  # the whole model, for its checkpoint
                 best_value, best_epoch = metrics[MONITOR], epoch
                 best_state = copy.deepcopy(self.model.state_dict())
                 if checkpoint_path:

@@ -1,6 +1,9 @@
-"""GradientSync on two real gloo processes (torch.distributed over loopback, no Ray)."""
+"""The data-parallel strategies on two real gloo processes (torch.distributed over loopback, no Ray): the exact
+gradient sum, local steps whose changes are summed, users' rows owned by their worker and gathered for a
+checkpoint, and validation split between the workers."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -8,21 +11,25 @@ from conftest import free_port
 from torch import nn
 
 from lrml.baselines import BPRMF, BPRConfig
+from lrml.data import Shard
+from lrml.evaluate import Evaluator
 from lrml.model import LRML, LRMLConfig
-from lrml.parallel import Collective, GradientSync
+from lrml.optim import Optimizer
+from lrml.parallel import ChangeSum, Collective, GradientSync
+from lrml.train import TrainConfig, Trainer
 
 WORLD = 2
 
 
-def run_workers(check, port: int) -> None:
-    """Run ``check(rank)`` in two gloo processes; an assertion failing in either fails the test."""
-    mp.spawn(_worker, args=(check, port), nprocs=WORLD)
+def run_workers(check, port: int, *args) -> None:
+    """Run ``check(rank, *args)`` in two gloo processes; an assertion failing in either fails the test."""
+    mp.spawn(_worker, args=(check, port, args), nprocs=WORLD)
 
 
-def _worker(rank: int, check, port: int) -> None:
+def _worker(rank: int, check, port: int, args) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
-        check(rank)
+        check(rank, *args)
     finally:
         dist.destroy_process_group()
 
@@ -36,7 +43,6 @@ def sparse_grad(rows: dict[int, list[float]], shape: tuple[int, int]) -> torch.T
 class Tables(nn.Module):
     def __init__(self):
         super().__init__()
-        self.users = nn.Embedding(4, 2, sparse=True)
         self.items = nn.Embedding(5, 2, sparse=True)
         self.unused = nn.Embedding(3, 2, sparse=True)
         self.memory = nn.Parameter(torch.zeros(2, 3))
@@ -45,27 +51,21 @@ class Tables(nn.Module):
 def check_hand_computed_sums(rank: int) -> None:
     tables = Tables()
     if rank == 0:
-        tables.users.weight.grad = sparse_grad({1: [1.0, 1.0], 3: [2.0, 2.0]}, (4, 2))
-        tables.items.weight.grad = sparse_grad({2: [0.5, -0.5]}, (5, 2))
+        tables.items.weight.grad = sparse_grad({1: [1.0, 1.0], 3: [2.0, 2.0]}, (5, 2))
     else:
-        tables.users.weight.grad = sparse_grad({3: [10.0, 10.0], 1: [0.0, 1.0], 0: [4.0, 4.0]}, (4, 2))
-        # rank 1 has no item gradient this step; rank 0's rows must still arrive
+        tables.items.weight.grad = sparse_grad({3: [10.0, 10.0], 1: [0.0, 1.0], 0: [4.0, 4.0]}, (5, 2))
+    # a table only rank 0 touched this step: its rows must arrive, and rank 1's padding must not become a row 0
+    tables.unused.weight.grad = sparse_grad({2: [0.5, -0.5]}, (3, 2)) if rank == 0 else None
     tables.memory.grad = torch.full((2, 3), float(rank + 1))
-    with torch.no_grad():
-        tables.memory.fill_(rank + 1.0)
 
-    GradientSync(tables)()
+    GradientSync([tables.items.weight, tables.unused.weight], [tables.memory])()
 
-    assert torch.equal(tables.memory.detach(), torch.ones(2, 3)), "every worker starts from rank 0's weights"
-
-    users = tables.users.weight.grad
-    assert users.is_sparse and users.is_coalesced()
-    assert users.indices().tolist() == [[0, 1, 3]]
-    assert users.values().tolist() == [[4.0, 4.0], [1.0, 2.0], [12.0, 12.0]]
     items = tables.items.weight.grad
-    # rank 1 sends nothing, padded to rank 0's one row: the padding must not become a row 0
-    assert items.indices().tolist() == [[2]] and items.values().tolist() == [[0.5, -0.5]]
-    assert tables.unused.weight.grad is None
+    assert items.is_sparse and items.is_coalesced()
+    assert items.indices().tolist() == [[0, 1, 3]]
+    assert items.values().tolist() == [[4.0, 4.0], [1.0, 2.0], [12.0, 12.0]]
+    unused = tables.unused.weight.grad
+    assert unused.indices().tolist() == [[2]] and unused.values().tolist() == [[0.5, -0.5]]
     assert torch.equal(tables.memory.grad, torch.full((2, 3), 3.0))
 
 
@@ -73,7 +73,37 @@ def test_sparse_and_dense_gradients_are_summed_over_workers():
     run_workers(check_hand_computed_sums, free_port())
 
 
-def check_two_halves_give_the_full_batch_gradient(rank: int) -> None:
+def check_changes_are_summed(rank: int) -> None:
+    """Local steps: each worker moves the shared table its own way; the others' changes arrive a round late, and an
+    exchange leaves every worker on the start plus every change."""
+    table = nn.Parameter(torch.zeros(3, 2))
+    changes = ChangeSum([table], every=1)
+    with torch.no_grad():
+        table[rank] += 1.0 + rank  # rank 0 moves row 0 by 1, rank 1 row 1 by 2
+    changes.step()  # sent; the other's change is on its way
+    assert table[1 - rank].abs().sum() == 0 and table[rank].tolist() == [1.0 + rank] * 2
+    with torch.no_grad():
+        table[2] += 0.5  # both move row 2
+    changes.step()  # the first round's changes arrive; the second's are on their way
+    assert table.tolist() == [[1.0, 1.0], [2.0, 2.0], [0.5, 0.5]]
+    with torch.no_grad():
+        table[0] -= 1.0 if rank == 1 else 0.0
+    changes.exchange()  # what is left, at the end of an epoch: everything arrives
+    assert table.tolist() == [[0.0, 0.0], [2.0, 2.0], [1.0, 1.0]]
+
+
+def test_local_steps_sum_every_workers_changes():
+    run_workers(check_changes_are_summed, free_port())
+
+
+def block_of(users: torch.Tensor, rank: int, num_users: int) -> torch.Tensor:
+    first, end = Shard(rank, WORLD).user_range(num_users)
+    return (users >= first) & (users < end)
+
+
+def check_two_workers_get_the_global_batch_gradient(rank: int) -> None:
+    """Exact mode: the shared tables' gradients are the global batch's; the user table's rows are those of this
+    worker's users, exactly the global batch's rows for them, and no other worker's."""
     generator = torch.Generator().manual_seed(7)
     users = torch.randint(0, 30, (64,), generator=generator)
     pos, neg = torch.randint(0, 40, (64,), generator=generator), torch.randint(0, 40, (64,), generator=generator)
@@ -82,22 +112,92 @@ def check_two_halves_give_the_full_batch_gradient(rank: int) -> None:
         "lrml": lambda: LRML(LRMLConfig(30, 40, 8, 5, margin=0.5, reg_weight=0.1)),
         "bpr": lambda: BPRMF(BPRConfig(30, 40, 8, reg_weight=0.1)),
     }
+    mine = block_of(users, rank, 30)
     for name, build in models.items():
         torch.manual_seed(0)
         whole, half = build(), build()
         half.load_state_dict(whole.state_dict())
         whole.loss(users, pos, neg).backward()
-        mine = slice(rank, None, WORLD)
-        parallel = Collective()
-        parallel.attach(half)
+        parallel = Collective(sync_every=1)
+        parallel.attach(half, batch_size=64)
         half.loss(users[mine], pos[mine], neg[mine]).backward()
-        parallel.sum_gradients()
+        parallel.after_backward()
         for (param_name, expected), got in zip(whole.named_parameters(), half.parameters()):
             expected_grad = expected.grad.to_dense() if expected.grad.is_sparse else expected.grad
             got_grad = got.grad.to_dense() if got.grad.is_sparse else got.grad
             assert expected_grad.abs().sum() > 0, (name, param_name)
+            if param_name == "user_embedding.weight":
+                first, end = Shard(rank, WORLD).user_range(30)
+                expected_grad = torch.zeros_like(expected_grad).index_copy_(
+                    0, torch.arange(first, end), expected_grad[first:end])
             assert torch.allclose(got_grad, expected_grad, atol=1e-5), (name, param_name)
 
 
-def test_two_workers_on_half_batches_get_the_full_batch_gradient():
-    run_workers(check_two_halves_give_the_full_batch_gradient, free_port())
+def test_two_workers_on_their_users_get_the_global_batch_gradient():
+    run_workers(check_two_workers_get_the_global_batch_gradient, free_port())
+
+
+def check_owned_rows_are_gathered(rank: int) -> None:
+    """Each worker's users' rows, and their Adam moments, reach every worker; other tables are left alone."""
+    torch.manual_seed(rank)  # the workers start apart; attach makes them rank 0's
+    model = LRML(LRMLConfig(7, 4, 3, 2))
+    parallel = Collective(sync_every=1)
+    parallel.attach(model, batch_size=len(range(*Shard(rank, WORLD).user_range(7))))
+    optimizer = Optimizer(model, "adam", 0.1)
+    first, end = Shard(rank, WORLD).user_range(7)
+    users = torch.arange(first, end)
+    model.loss(users, torch.zeros_like(users), torch.ones_like(users)).backward()
+    optimizer.step()  # only this worker's users move, and only their moments fill
+    table = model.user_embedding.weight
+    moments = optimizer.parts[0].state[table]["exp_avg"]
+    moved = table.detach().clone()
+    parallel.gather_owned(optimizer)
+    blocks = [torch.empty_like(moved) for _ in range(WORLD)]
+    dist.all_gather(blocks, moved)
+    expected = torch.cat([blocks[worker][slice(*Shard(worker, WORLD).user_range(7))] for worker in range(WORLD)])
+    assert torch.equal(table.detach(), expected)
+    assert bool((moments.abs().sum(1) > 0).all())  # every user's moments, its own worker's
+
+
+def test_each_workers_user_rows_are_gathered_for_a_checkpoint():
+    run_workers(check_owned_rows_are_gathered, free_port())
+
+
+def check_split_validation(rank: int, dataset_path: str) -> None:
+    """Each worker validating its own users gives the metrics one process gets over all of them."""
+    from lrml.data import load_dataset
+    dataset = load_dataset(dataset_path, Shard(rank, WORLD))
+    trainer = Trainer(TrainConfig(embedding_dim=16, memory_size=4), dataset, Collective())
+    found = trainer.validate()
+    whole = Evaluator(load_dataset(dataset_path)).evaluate(trainer.model, "valid", ("sampled",))["sampled"]
+    assert found.keys() == {f"valid/sampled/{name}" for name in whole}
+    for name, value in whole.items():
+        assert abs(found[f"valid/sampled/{name}"] - value) < 1e-12, name  # float64 sums of 610 terms: ~1e-13
+    assert 0 < whole["ndcg@10"] < 1
+
+
+def test_workers_validate_their_own_users_and_agree_on_the_whole(small_dataset):
+    run_workers(check_split_validation, free_port(), str(small_dataset.path))
+
+
+def check_local_steps_train(rank: int, dataset_path: str, results) -> None:
+    from lrml.data import load_dataset
+    dataset = load_dataset(dataset_path, Shard(rank, WORLD))
+    config = TrainConfig(embedding_dim=16, memory_size=4, max_epochs=3, patience=3, batch_size=256)
+    trainer = Trainer(config, dataset, Collective(sync_every=4))
+    history = trainer.fit(final_eval=False).history
+    state = torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])
+    states = [torch.empty_like(state) for _ in range(WORLD)]
+    dist.all_gather(states, state)
+    assert torch.equal(states[0], states[1]), "after the last exchange and the gather, the workers hold one model"
+    if rank == 0:
+        results["history"] = history
+
+
+def test_local_steps_keep_one_model_and_learn(small_dataset):
+    with mp.Manager() as manager:
+        results = manager.dict()
+        run_workers(check_local_steps_train, free_port(), str(small_dataset.path), results)
+        history = results["history"]
+    values = np.array([epoch["valid/sampled/ndcg@10"] for epoch in history])
+    assert len(values) == 3 and values[-1] > values[0]  # it learns

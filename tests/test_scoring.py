@@ -1,4 +1,7 @@
-"""The compiled full ranking of ``lrml/scoring.py`` against the same scores from PyTorch in float64."""
+"""The compiled full ranking of ``lrml/scoring.py``, and the sampled protocol's scores, against the same scores from
+PyTorch in float64."""
+import copy
+
 import pytest
 import torch
 
@@ -85,3 +88,25 @@ def test_a_nan_weight_turns_the_scores_it_reaches_nan():
     with torch.no_grad():
         model.keys[0, 4] = float("nan")
     assert model.score_all(torch.arange(4)).isnan().all()
+
+
+def relation_directly(model: LRML, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """The paper's score of each pair in float64, the relation vector materialised: ``-||p + r - q||^2``."""
+    model = model.double()
+    users, items = torch.broadcast_tensors(users, items)
+    p, q = model._clip(model.user_embedding(users)), model._clip(model.item_embedding(items))
+    r = torch.softmax((p * q) @ model.keys, dim=-1) @ model.memory
+    return -(p + r - q).pow(2).sum(-1)
+
+
+def test_candidate_scores_equal_the_relation_taken_directly_in_float64():
+    """The sampled protocol's scores (each user against its candidates, over the memory slots as full ranking
+    takes them) are the paper's, within float32's bound."""
+    model = trained_looking(100, 20, distance="squared")
+    generator = torch.Generator().manual_seed(0)
+    users = torch.randint(0, USERS, (64, 1), generator=generator)
+    items = torch.randint(0, ITEMS, (64, 101), generator=generator)
+    found = model.score(users, items)
+    assert found.dtype == torch.float32 and found.shape == (64, 101)
+    exact = relation_directly(copy.deepcopy(model), users, items)
+    assert (found.double() - exact).abs().max().item() <= squared_distance_error_bound(model)

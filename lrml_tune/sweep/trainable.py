@@ -5,10 +5,11 @@ A one-worker trial trains inside the Tune trial's own process, which Tune reuses
 trial, so a trial starts in well under a second. A trial of several workers (or one asked to) fits
 a Ray Train ``TorchTrainer``. Its process first has Ray Data read each worker's block of users
 (``lrml.data.Shard``) from ``train.parquet`` into the object store, and each worker takes its own block.
-The ``lrml.parallel.Collective`` strategy sums gradients over the workers (gloo on CPU, NCCL on GPU; sparse
-embedding gradients stay sparse) and shares rank 0's validation metrics, so every worker reports the same
-numbers the same number of times. Both paths report every epoch, attach a checkpoint whenever validation
-improves, and continue from the trial's checkpoint after a failure.
+The ``lrml.parallel.Collective`` strategy keeps each worker's user rows its own and exchanges the shared
+tables every few steps (gloo on CPU, NCCL on GPU); each worker validates its own users and the sums are
+added up, so every worker reports the same numbers the same number of times. Both paths report every
+epoch, attach a checkpoint whenever validation improves, and continue from the trial's checkpoint
+after a failure.
 """
 from __future__ import annotations
 
@@ -132,6 +133,7 @@ class TrialSpec:
     train_storage: str | None = None  # where TorchTrainer runs keep their checkpoints
     max_failures: int = 0  # TorchTrainer restarts after a worker fails or its workers could not start
     ray_data_reads: bool = True  # several workers get their pairs through Ray Data; False: each reads with pyarrow
+    sync_every: int | None = None  # several workers: steps between exchanges (lrml.parallel; None: automatic)
 
     def __post_init__(self):
         if self.workers > 1 and not self.ray_train:
@@ -196,8 +198,10 @@ def _worker_loop(config: TrainConfig, spec: TrialSpec, trial_id: str, blocks: li
     torch.set_num_threads(spec.threads)
     device = ray.train.torch.get_device() if spec.device().type == "cuda" else torch.device("cpu")
     dataset = spec.dataset.load(Shard(rank, world) if world > 1 else None, None if blocks is None else tuple(blocks[rank]))
-    trainer = Trainer(config, dataset, Collective() if world > 1 else SingleProcess(), device)
+    trainer = Trainer(config, dataset, Collective(spec.sync_every) if world > 1 else SingleProcess(), device)
     where = _announce(trial_id, rank, world, len(dataset.train_users), "pyarrow" if blocks is None else "ray.data")
+    if world > 1:
+        where["sync_every"] = trainer.parallel.sync_every  # as chosen for this model and batch
     trainer.fit(callback=_reporter(ray.train.report, ray.train.Checkpoint, where, rank), final_eval=False,
                 resume=_read_checkpoint(ray.train.get_checkpoint(), dataset.fingerprint))
 

@@ -29,7 +29,8 @@ def trial_spec(record: SearchRecord) -> TrialSpec:
     return TrialSpec(base, DatasetRef(record.dataset_path, settings.dataset, settings.data_dir, record.fingerprint),
                      workers=settings.workers_per_trial, cpus_per_worker=settings.cpus_per_worker,
                      gpus_per_worker=settings.gpus_per_worker, ray_train=settings.workers_per_trial > 1,
-                     train_storage=f"{settings.experiment}/train", max_failures=settings.max_failures)
+                     train_storage=f"{settings.experiment}/train", max_failures=settings.max_failures,
+                     sync_every=settings.sync_every)
 
 
 def build_tuner(record: SearchRecord, concurrency: int, resume: bool, reserve: Reserve) -> tune.Tuner:
