@@ -173,6 +173,16 @@ def test_a_search_refuses_beside_a_ray_it_did_not_start(tmp_path):
     wait_for(lambda: address not in running_ray_addresses(), timeout=60)
 
 
+def test_a_search_without_an_address_starts_its_own_ray_whatever_ray_address_names(tmp_path):
+    """Ray would join the cluster RAY_ADDRESS names, or the one a dead Ray's /tmp/ray/ray_current_cluster still
+    names, and wait for it forever: without ``--address`` a search starts its own, as its help says."""
+    nobody = {**os.environ, "RAY_ADDRESS": "127.0.0.9:6399"}  # a loopback address where nothing listens
+    done = subprocess.run([*SEARCH, "--name", "alone", "--storage-path", str(tmp_path), "--num-samples", "1",
+                           "--max-epochs", "1"], cwd=REPO, capture_output=True, text=True, timeout=600, env=nobody)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 trials (0 failed)" in done.stdout
+
+
 NEEDS_ROOT = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
                                 reason="mounting a size-limited tmpfs needs root")
 

@@ -84,7 +84,7 @@ def evaluation_cluster(address: str) -> Iterator[None]:
     local = address == "local"
     with exclusive_local_ray("tune/best.py") if local else contextlib.nullcontext():
         if local:
-            ray.init(_node_ip_address=LOCAL_NODE_IP, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", _node_ip_address=LOCAL_NODE_IP, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)
         try:

@@ -79,8 +79,8 @@ def connect(settings: SearchSettings) -> None:
     if settings.address:  # the workers' output stays in Ray's logs and the trials' folders, off the console
         ray.init(address=settings.address, runtime_env=runtime_env, _node_ip_address=settings.node_ip_address,
                  log_to_driver=False)
-    else:
-        ray.init(_node_ip_address=settings.node_ip_address or LOCAL_NODE_IP, include_dashboard=True,
+    else:  # "local": a new Ray, never one that RAY_ADDRESS or a dead Ray's /tmp/ray/ray_current_cluster names
+        ray.init(address="local", _node_ip_address=settings.node_ip_address or LOCAL_NODE_IP, include_dashboard=True,
                  runtime_env=runtime_env, log_to_driver=False)
 
 

@@ -63,7 +63,8 @@ class SearchSettings:
     worker_start_timeout: float = option(600.0, "seconds a trial's Ray Train workers may take to start before the "
                                                 "attempt fails (an autoscaling cluster adds nodes meanwhile)",
                                          at_least=1)
-    address: str | None = option(None, "Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray")
+    address: str | None = option(None, "Ray cluster to join ('auto': RAY_ADDRESS's or this machine's, "
+                                                 "'ray://host:10001'); default: start a local Ray")
     node_ip_address: str | None = option(None, "this machine's address in the cluster, if Ray picks the wrong one")
     mlflow: str | None = option(None, "log every trial to MLflow (default store: mlflow.db in the experiment folder)",
                                 metavar="TRACKING_URI", bare="")
