@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pandas as pd
 import ray
-from ray import tune
+from train_reads import fit_trial
 
 from lrml.data import prepare, read_manifest
 from lrml.train import MONITOR, defaults
 from lrml_tune.comparison.markdown import write_section
 from lrml_tune.sweep.settings import SearchSettings
-from lrml_tune.sweep.trainable import DatasetRef, TrialSpec, run_trial
+from lrml_tune.sweep.trainable import DatasetRef, TrialSpec
 
 BENCH = Path(__file__).resolve().parent
 DATA_DIRS = {"ml-100k": str(BENCH.parents[1] / "shared" / "data" / "ml-100k")}  # read in place, never copied
@@ -48,16 +48,6 @@ def parse_setting(text: str) -> tuple[int, int | None]:
     return int(workers), int(every) if every else SearchSettings.sync_every
 
 
-def fit_trial(spec: TrialSpec, storage: str, name: str) -> list[dict]:
-    """One trial through Tune, as the search runs it: its reported epochs."""
-    results = tune.Tuner(
-        tune.with_resources(tune.with_parameters(run_trial, spec=spec), spec.trial_resources),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0)).fit()
-    if results.num_errors:
-        raise SystemExit(f"{name}: {results.errors[0]}")
-    return results[0].metrics_dataframe.to_dict("records")
-
-
 def run(args: argparse.Namespace) -> pd.DataFrame:
     rows = []
     with tempfile.TemporaryDirectory() as storage:
@@ -71,7 +61,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                     spec = TrialSpec(base, ref, workers=workers, ray_train=workers > 1,
                                      train_storage=f"{storage}/train", sync_every=every)
                     name = f"{dataset}-w{workers}-k{every or 'auto'}-s{seed}"
-                    for epoch in fit_trial(spec, storage, name):
+                    for epoch in fit_trial(spec, storage, name)[1]:
                         rows.append({"dataset": dataset, "pairs": manifest["counts"]["train"], "seed": seed,
                                      "workers": workers, "sync_every": epoch["sync_every"] if workers > 1 else None,
                                      "epoch": epoch["epoch"], "seconds": epoch["seconds"],

@@ -35,9 +35,11 @@ import torch.distributed as dist
 
 from lrml.model import Recommender, split_parameters
 
-# What an exchange and a step cost on the project's machine (python bench/gradient_exchange.py): an all-reduce over
-# gloo on loopback takes about 1 ms plus 4 ns a float (the copies around it included), a training step 3.4 us a
-# pair. A round of local steps is made long enough that its exchange costs about a tenth of its training.
+# What an exchange and a step cost on the project's machine (python bench/gradient_exchange.py, rounded from its
+# earlier runs): an all-reduce over gloo on loopback about 1 ms plus 4 ns a float (the copies around it included),
+# a training step 3.4 us a pair. Its runs move by tens of percent there (four later ones: 0.4 to 0.7 ms plus 5.5 to
+# 7.1 ns a float, 3.8 to 5.3 us a pair: rounds of 5 to 9 steps at ml-1m's shape, where these constants give 8).
+# A round of local steps is made long enough that its exchange costs about a tenth of its training.
 EXCHANGE_SECONDS, EXCHANGE_SECONDS_PER_FLOAT, STEP_SECONDS_PER_PAIR = 1e-3, 4e-9, 3.4e-6
 EXCHANGE_SHARE = 0.1
 
