@@ -117,6 +117,7 @@ def worker(rank: int, port: int, args, results) -> None:
         rates[name] = WORLD * size * args.steps / seconds
     if rank == 0:
         results.update(costs=costs, rates=rates, items=items)
+    dist.barrier()  # both done before either tears gloo down (tests/test_parallel.py's workers do the same)
     dist.destroy_process_group()
 
 

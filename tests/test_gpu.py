@@ -1,13 +1,12 @@
 """The CUDA paths against their CPU references: the loss and its gradients, the row-wise optimizers, full ranking,
 and the data-parallel exchange over NCCL. Marked ``gpu`` and skipped without a CUDA device (`pytest -m gpu` runs
-only these); docs/speed.md says where they last ran."""
+only these); docs/speed.md, "GPUs", says how to run them and that no GPU has yet."""
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port
+from conftest import free_port, process_group
 from test_scoring import USERS, squared_distance_error_bound, trained_looking
 
 from lrml.baselines import BPRMF, BPRConfig
@@ -81,8 +80,7 @@ def test_full_ranking_on_cuda_is_the_compiled_cpu_ranking():
 
 def _nccl_exchange(rank: int, world: int, port: int) -> None:
     torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
+    with process_group(rank, world, port, backend="nccl"):
         table = torch.nn.Parameter(torch.zeros(4, 3, device=CUDA))
         changes = ChangeSum([table], every=1)
         with torch.no_grad():
@@ -99,8 +97,6 @@ def _nccl_exchange(rank: int, world: int, port: int) -> None:
         parallel.after_backward()  # the items' sparse gradient travels as its rows over NCCL's dense collectives
         assert model.item_embedding.weight.grad.is_sparse
         parallel.gather_owned(Optimizer(model, "adam", 0.1))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_the_exchange_runs_over_nccl():

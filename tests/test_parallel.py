@@ -7,11 +7,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port
+from conftest import free_port, process_group
 from torch import nn
 
 from lrml.baselines import BPRMF, BPRConfig
-from lrml.data import Shard
+from lrml.data import Shard, load_dataset
 from lrml.evaluate import Evaluator
 from lrml.model import LRML, LRMLConfig
 from lrml.optim import Optimizer
@@ -27,11 +27,8 @@ def run_workers(check, port: int, *args) -> None:
 
 
 def _worker(rank: int, check, port: int, args) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
+    with process_group(rank, WORLD, port):
         check(rank, *args)
-    finally:
-        dist.destroy_process_group()
 
 
 def sparse_grad(rows: dict[int, list[float]], shape: tuple[int, int]) -> torch.Tensor:
@@ -165,7 +162,6 @@ def test_each_workers_user_rows_are_gathered_for_a_checkpoint():
 
 def check_split_validation(rank: int, dataset_path: str) -> None:
     """Each worker validating its own users gives the metrics one process gets over all of them."""
-    from lrml.data import load_dataset
     dataset = load_dataset(dataset_path, Shard(rank, WORLD))
     trainer = Trainer(TrainConfig(embedding_dim=16, memory_size=4), dataset, Collective())
     found = trainer.validate()
@@ -181,7 +177,6 @@ def test_workers_validate_their_own_users_and_agree_on_the_whole(small_dataset):
 
 
 def check_local_steps_train(rank: int, dataset_path: str, results) -> None:
-    from lrml.data import load_dataset
     dataset = load_dataset(dataset_path, Shard(rank, WORLD))
     config = TrainConfig(embedding_dim=16, memory_size=4, max_epochs=3, patience=3, batch_size=256)
     trainer = Trainer(config, dataset, Collective(sync_every=4))

@@ -13,9 +13,8 @@ import pytest
 import ray
 import ray.cloudpickle
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port
+from conftest import free_port, process_group
 from optuna.trial import TrialState
 from ray import tune
 
@@ -126,14 +125,11 @@ def two_workers_outside_ray(spec: TrialSpec, out: Path) -> list[dict]:
 
 def _worker_outside_ray(rank: int, spec: TrialSpec, port: int, out: str) -> None:
     """What ``lrml_tune.sweep.trainable`` runs in a Ray Train worker, with a process group of its own."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with process_group(rank, 2, port):
         torch.set_num_threads(spec.threads)
         history = Trainer(spec.base, spec.dataset.load(Shard(rank, 2)), Collective()).fit(final_eval=False).history
         if rank == 0:
             Path(out).write_text(json.dumps(history))
-    finally:
-        dist.destroy_process_group()
 
 
 def flaring(config):
