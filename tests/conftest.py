@@ -5,7 +5,7 @@ import json
 import os
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -74,9 +74,19 @@ RAY_PROGRAMS = ("gcs_server", "raylet", "ray::", "default_worker.py", "dashboard
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` now."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports free on ``host`` now: every probe stays bound until all are picked, so
+    the system cannot hand out one port twice (as separate probes may)."""
+    with ExitStack() as probes:
+        ports = []
+        for _ in range(count):
+            probe = probes.enter_context(socket.socket())
+            probe.bind((host, 0))
+            ports.append(probe.getsockname()[1])
+        return ports
 
 
 @contextmanager

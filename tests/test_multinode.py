@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import ray
 import torch
-from conftest import REPO, free_port, processes
+from conftest import REPO, free_ports, processes
 
 from lrml.evaluate import EVAL_BATCH_USERS, Evaluator
 from lrml.model import LRML, LRMLConfig
@@ -58,16 +58,20 @@ class LoopbackCluster:
 
     def __init__(self):
         self.temp_dir = Path("/tmp") / f"lrml-ray-{os.getpid()}"  # short: Ray's socket paths have a length limit
-        self.address = f"{HEAD}:{free_port(HEAD)}"
+        # Every port either node will take, picked at once on every address so no two are the same.
+        gcs, self.dashboard_port, *node_ports = free_ports(12, "0.0.0.0")
+        self.address = f"{HEAD}:{gcs}"
+        self.node_ports = {HEAD: node_ports[:5], WORKER: node_ports[5:]}
 
     def start(self, ip: str, cpus: int) -> None:
-        ports = [f"--dashboard-agent-listen-port={free_port(ip)}", f"--metrics-export-port={free_port(ip)}",
-                 f"--runtime-env-agent-port={free_port(ip)}", f"--node-manager-port={free_port(ip)}",
-                 f"--object-manager-port={free_port(ip)}"]
+        agent, metrics, runtime_env, node_manager, object_manager = self.node_ports[ip]
+        ports = [f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
+                 f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_manager}",
+                 f"--object-manager-port={object_manager}"]
         common = [f"--num-cpus={cpus}", "--disable-usage-stats", f"--node-ip-address={ip}", *ports]
         if ip == HEAD:
             ray_start("--head", f"--port={self.address.split(':')[1]}", f"--temp-dir={self.temp_dir}",
-                      "--include-dashboard=true", f"--dashboard-port={free_port(HEAD)}", *common)
+                      "--include-dashboard=true", f"--dashboard-port={self.dashboard_port}", *common)
         else:
             ray_start(f"--address={self.address}", *common)
 
