@@ -18,7 +18,7 @@ from lrml.evaluate import EVAL_BATCH_USERS, PROTOCOLS, Evaluator
 from lrml.model import Recommender
 from lrml_tune.sweep.local_ray import LOCAL_NODE_IP, exclusive_local_ray
 
-BLOCK_USERS = 8 * EVAL_BATCH_USERS  # users an actor ranks per call: long enough to hide the call's overhead
+BLOCK_USERS = 32 * EVAL_BATCH_USERS  # users an actor ranks per call: long enough to hide the call's overhead
 
 
 class RankUsers:
