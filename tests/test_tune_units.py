@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -15,13 +16,15 @@ import pandas as pd
 import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
 from lrml_tune.comparison.stats import bootstrap_ci, paired_randomization_test
 from lrml_tune.sweep.faults import RESERVE_BYTES_PER_TRIAL, Reserve, StorageFault, storage_fault
+from lrml_tune.sweep.pruning import CheckpointPruner
 from lrml_tune.sweep.resources import plan_resources
 from lrml_tune.sweep.space import at_edges, default_space_file, load_space, starting_points, suggest
-from lrml_tune.sweep.state import VERSION_KEY, read_state, write_state
+from lrml_tune.sweep.state import STATE_VERSION, VERSION_KEY, read_state, write_state
 from lrml_tune.sweep.stopping import make_scheduler
 from lrml_tune.sweep.study import STUDY_FILE, make_sampler, repair_journal
 
@@ -199,7 +202,7 @@ def test_a_state_file_cut_short_or_of_another_version_is_refused_in_one_line(tmp
     with pytest.raises(ValueError, match=r"scheduler-state.pickle: unreadable \(\w+\): cut short, or written by another"):
         read_state(path)
     Path(path).write_bytes(pickle.dumps({"rungs": [], VERSION_KEY: 0}))
-    with pytest.raises(ValueError, match=r"scheduler-state.pickle: state version 0, this code reads 1"):
+    with pytest.raises(ValueError, match=rf"scheduler-state.pickle: state version 0, this code reads {STATE_VERSION};"):
         read_state(path)
 
 
@@ -246,3 +249,18 @@ def test_the_pooled_test_averages_each_user_over_the_search_seeds(tmp_path):
     # one seed alone: a beats b for all 20 users, so only the observed signs (and their mirror) are as extreme
     assert float(tables.pooled_p(folders[:1], "a", "b", "full")) < 0.001
     assert tables.pooled_p([*folders, tmp_path / "missing"], "a", "b", "full") == ""
+
+
+def test_superseded_checkpoints_go_only_once_no_saved_state_can_name_them(tmp_path):
+    folders = [tmp_path / f"checkpoint_{index:06d}" for index in range(4)]
+    for folder in folders:
+        folder.mkdir()
+    trial = SimpleNamespace(trial_id="t1")
+    waiting = CheckpointPruner(lag=3600.0)  # no checkpoint is an hour old: every one may still be named
+    for folder in folders:
+        waiting.on_checkpoint(0, [], trial, tune.Checkpoint.from_directory(str(folder)))
+    assert all(folder.exists() for folder in folders)
+    settled = CheckpointPruner(lag=0.0)  # each checkpoint settles at once: only the newest stays
+    for folder in folders:
+        settled.on_checkpoint(0, [], trial, tune.Checkpoint.from_directory(str(folder)))
+    assert [folder.exists() for folder in folders] == [False, False, False, True]

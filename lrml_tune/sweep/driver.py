@@ -29,11 +29,12 @@ from lrml.options import from_flags, parser_for
 from lrml_tune.sweep.checks import check_settings, check_storage_shared, storage_warning
 from lrml_tune.sweep.faults import Reserve, StorageFault, probe, storage_fault
 from lrml_tune.sweep.local_ray import LOCAL_NODE_IP, exclusive_local_ray
+from lrml_tune.sweep.pruning import prune_superseded
 from lrml_tune.sweep.record import SearchOutcome, SearchRecord
 from lrml_tune.sweep.resources import plan_resources
 from lrml_tune.sweep.settings import PROG, SearchSettings
 from lrml_tune.sweep.space import Param, at_edges, load_space
-from lrml_tune.sweep.storage import is_uri
+from lrml_tune.sweep.storage import is_uri, local_folder, upload
 from lrml_tune.sweep.study import STUDY_FILE, repair_journal
 from lrml_tune.sweep.tuner import build_tuner, finished, summarize
 from lrml_tune.sweep.watch import LOG_FILE, check_loggers, mlflow_uri, send_ray_output_to
@@ -106,6 +107,22 @@ def run(settings: SearchSettings, resume: bool = False) -> int:
         else:
             print("\nsearch interrupted before it started; nothing to continue", file=sys.stderr)
         return 128 + signal.SIGINT
+    finally:
+        keep_log(settings)
+
+
+def keep_log(settings: SearchSettings) -> None:
+    """A cloud search's log copied beside its experiment, where a resume from another machine finds it; the
+    local copy stays, and a storage that cannot take it is said in a line."""
+    log_file = local_folder(settings.experiment) / LOG_FILE
+    if not is_uri(settings.experiment) or not log_file.exists():
+        return
+    try:
+        if SearchRecord.exists(settings.experiment):  # not a search refused before it began
+            upload(log_file, settings.experiment)
+    except OSError as error:
+        print(f"warning: could not copy {log_file} to {settings.experiment} ({error}); it stays on this machine",
+              file=sys.stderr)
 
 
 def _search(settings: SearchSettings, space: dict[str, Param], resume: bool) -> int:
@@ -159,6 +176,7 @@ def _search(settings: SearchSettings, space: dict[str, Param], resume: bool) -> 
         print(f"\nsearch interrupted ({name}): {finished(results)} of {settings.num_samples} trials finished; "
               f"nothing is summarised. Continue it with:\n  {continue_command(settings)}", file=sys.stderr)
         return 128 + (signals[-1] if signals else signal.SIGINT)
+    prune_superseded(results)
     outcome = summarize(results, now - started, search_started_at, now - search_started, concurrency)
     replace(record, outcome=outcome).write()
     print_outcome(outcome, record)
@@ -177,10 +195,15 @@ def stopped_by_storage(fault: StorageFault, error: BaseException | None, setting
 
 def announce(settings: SearchSettings) -> None:
     """Say where the search writes and how to watch it; from here on Ray's own output goes to its log file."""
-    log_file = (Path.cwd() if is_uri(settings.experiment) else Path(settings.experiment)) / LOG_FILE
+    log_file = local_folder(settings.experiment) / LOG_FILE
     send_ray_output_to(log_file)
-    lines = [f"experiment {settings.experiment}", f"  Ray's log: {log_file}",
-             f"  tensorboard --logdir {settings.experiment}", f"  optuna-dashboard {settings.experiment}/{STUDY_FILE}"]
+    cloud = is_uri(settings.experiment)
+    lines = [f"experiment {settings.experiment}",
+             f"  Ray's log: {log_file}{' (copied to the experiment when the search stops)' if cloud else ''}",
+             f"  tensorboard --logdir {settings.experiment}",
+             # a journal cannot be appended to on object storage: the study is saved with the searcher's state
+             "  the Optuna study: saved with the searcher's state; tune/best.py plots the trials" if cloud
+             else f"  optuna-dashboard {settings.experiment}/{STUDY_FILE}"]
     if settings.mlflow is not None:
         lines.append(f"  mlflow ui --backend-store-uri {mlflow_uri(settings)}")
     print("\n".join(lines), flush=True)

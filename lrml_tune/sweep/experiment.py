@@ -14,7 +14,7 @@ from ray.tune import ExperimentAnalysis
 
 from lrml.train import MONITOR
 from lrml_tune.sweep.record import SearchRecord
-from lrml_tune.sweep.storage import filesystem, resolved
+from lrml_tune.sweep.storage import filesystem, is_uri, resolved
 from lrml_tune.sweep.trainable import CHECKPOINT_FILE
 
 
@@ -48,7 +48,7 @@ class Experiment:
         self.location = resolved(location)
         self.filesystem, self.fs_path = filesystem(self.location)
         self.record = SearchRecord.read(self.location)
-        self.analysis = ExperimentAnalysis(self.location, storage_filesystem=self.filesystem,
+        self.analysis = ExperimentAnalysis(self.fs_path, storage_filesystem=self.filesystem,
                                            default_metric=MONITOR, default_mode="max")
         self.trials = self._summaries()
 
@@ -79,7 +79,8 @@ class Experiment:
         the experiment may have been moved or copied since (a cluster's results synced to a laptop).
         """
         if "checkpoint_dir_name" in frame and frame["checkpoint_dir_name"].notna().any():
-            return f"{trial.path}/{frame['checkpoint_dir_name'].dropna().iloc[-1]}"
+            trial_path = filesystem(trial.path)[1] if is_uri(trial.path) else trial.path  # Tune's is a URI in the cloud
+            return f"{trial_path}/{frame['checkpoint_dir_name'].dropna().iloc[-1]}"
         if "checkpoint_path" in frame and frame["checkpoint_path"].notna().any():
             recorded = frame["checkpoint_path"].dropna().iloc[-1]
             _, found, inside = recorded.partition(f"/train/{trial.trial_id}/")

@@ -7,7 +7,7 @@ import pickle
 
 from lrml.errors import UserError
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the searcher counts the trials it suggested
 VERSION_KEY = "lrml_state_version"
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from lrml.data import data_home
+
 
 def is_uri(location: str) -> bool:
     """Whether ``location`` names cloud storage (``s3://``, ``gs://``) rather than a local folder."""
@@ -20,3 +22,22 @@ def resolved(location: str) -> str:
 def filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
     """The pyarrow filesystem of a folder or URI (Tune's own choice of filesystems) and the path within it."""
     return pyarrow.fs.FileSystem.from_uri(resolved(location))
+
+
+def local_folder(location: str) -> Path:
+    """The folder on this machine for what a search keeps locally (its log): the experiment's own folder, or
+    for a cloud experiment one under ``$LRML_DATA_HOME/searches`` named after its URI."""
+    if not is_uri(location):
+        return Path(resolved(location))
+    scheme, _, rest = resolved(location).partition("://")
+    return data_home() / "searches" / scheme / rest
+
+
+def upload(local_file: Path, location: str) -> None:
+    """Copy ``local_file`` into the folder or URI ``location`` (a no-op where it already lies there)."""
+    storage, path = filesystem(location)
+    target = f"{path}/{local_file.name}"
+    if not is_uri(location) and Path(target) == local_file.resolve():
+        return
+    with open(local_file, "rb") as source, storage.open_output_stream(target) as sink:
+        sink.write(source.read())

@@ -17,7 +17,7 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
-from ray.tune.search import Searcher
+from ray.tune.search import Searcher, SearchGenerator
 
 from lrml.errors import UserError
 from lrml_tune.sweep.space import Param, suggest
@@ -75,22 +75,36 @@ def create_study(experiment: str, name: str, sampler: optuna.samplers.BaseSample
 
 
 class StudySearcher(Searcher):
-    """Suggest configurations from ``study``'s sampler over ``space`` (asking only for the parameters that apply
-    to each configuration), starting with ``starting_points`` (study parameter names)."""
+    """Suggest ``num_samples`` configurations from ``study``'s sampler over ``space`` (asking only for the
+    parameters that apply to each configuration), starting with ``starting_points`` (study parameter names).
+
+    Given ``num_samples`` (and ``max_concurrent``), the searcher ends the search and bounds the trials at
+    once, not Tune's count and concurrency limiter (``SearcherEndsGenerator``): after a restore it counts the
+    trials of the experiment state that Tune restored, which on cloud storage may have been uploaded a save
+    apart from Tune's own counts.
+    """
 
     def __init__(self, space: dict[str, Param], study: optuna.Study, metric: str, mode: str = "max",
-                 starting_points: list[dict] = (), step: str = "epoch"):
+                 starting_points: list[dict] = (), step: str = "epoch", num_samples: int | None = None,
+                 max_concurrent: int | None = None):
         super().__init__(metric=metric, mode=mode)
         self.space = space
         self.study = study
         self.step = step
+        self.num_samples, self.max_concurrent = num_samples, max_concurrent
         for point in starting_points:
             study.enqueue_trial(point)
+        self.suggested: set[str] = set()  # Tune trial ids, every one the experiment holds
         self.live: dict[str, optuna.Trial] = {}  # Tune trial id -> its Optuna trial
         self.last_step: dict[str, int] = {}
         self.best: dict[str, float] = {}
 
-    def suggest(self, trial_id: str) -> dict:
+    def suggest(self, trial_id: str) -> dict | str:
+        if self.num_samples is not None and len(self.suggested) >= self.num_samples:
+            return Searcher.FINISHED
+        if self.max_concurrent is not None and len(self.live) >= self.max_concurrent:
+            return None  # asked again when a trial ends
+        self.suggested.add(trial_id)
         trial = self.study.ask()
         config = suggest(trial, self.space)
         trial.set_user_attr("tune_trial_id", trial_id)
@@ -135,13 +149,39 @@ class StudySearcher(Searcher):
         write_state(checkpoint_path, self.__dict__)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Take back the state Tune saved; trials the study started after that save are marked failed.
+        """Take back the state Tune saved, made to agree with the trials Tune restored; study trials no restored
+        Tune trial runs are marked failed.
 
         Tune saves the searcher every few seconds, the study records every step at once: a driver
-        killed in between leaves study trials that the restored Tune knows nothing of.
+        killed in between leaves study trials that the restored Tune knows nothing of. On cloud storage
+        Tune uploads its trials' state and the searcher's as separate files, so a driver killed while
+        uploading leaves one a save older than the other.
         """
         self.__dict__.update(read_state(checkpoint_path))
+        restored = tune_trial_ids(Path(checkpoint_path).parent)
+        if restored is not None:
+            for trial_id in set(self.live) - restored:  # suggested after the trials' state was saved: never to run
+                self.study.tell(self.live.pop(trial_id), state=TrialState.FAIL, skip_if_finished=True)
+            self.suggested = restored  # a restored trial the searcher had not seen yet runs unobserved
         known = {trial.number for trial in self.live.values()}
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number not in known:
                 self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def tune_trial_ids(folder: Path) -> set[str] | None:
+    """The ids of the trials in the experiment state Tune restores from (``experiment_state-*.json``, which Tune
+    has copied into the searcher's folder before restoring it); None where there is none."""
+    states = sorted(folder.glob("experiment_state-*.json"))  # one a search; named by the time it started
+    if not states:
+        return None
+    return {json.loads(trial)["trial_id"] for trial, _ in json.loads(states[-1].read_text())["trial_data"]}
+
+
+class SearcherEndsGenerator(SearchGenerator):
+    """Tune's search generator over a ``StudySearcher`` that counts the trials itself (run it with Tune's
+    ``num_samples=-1``): restored, it asks the searcher again whether the search is finished rather than
+    trust a flag saved beside trials that may be a save older."""
+
+    def set_state(self, state: dict) -> None:
+        super().set_state({**state, "finished": False})

@@ -9,11 +9,12 @@ from lrml.errors import UserError
 from lrml.train import MONITOR, defaults
 from lrml_tune.sweep.experiment import best_epoch_row, valid_metrics
 from lrml_tune.sweep.faults import Reserve, StorageWatch
+from lrml_tune.sweep.pruning import CheckpointPruner
 from lrml_tune.sweep.record import SearchOutcome, SearchRecord
 from lrml_tune.sweep.space import starting_points
 from lrml_tune.sweep.stopping import make_scheduler
 from lrml_tune.sweep.storage import is_uri
-from lrml_tune.sweep.study import StudySearcher, create_study, make_sampler
+from lrml_tune.sweep.study import SearcherEndsGenerator, StudySearcher, create_study, make_sampler
 from lrml_tune.sweep.trainable import DatasetRef, TrialSpec, run_trial
 from lrml_tune.sweep.watch import ConsoleProgress, logger_callbacks
 
@@ -48,24 +49,25 @@ def build_tuner(record: SearchRecord, concurrency: int, resume: bool, reserve: R
         return tune.Tuner.restore(settings.experiment, trainable=trainable, resume_unfinished=True,
                                   restart_errored=True)
     study = create_study(settings.experiment, settings.name, make_sampler(settings.searcher, settings.seed))
-    searcher = StudySearcher(record.space, study, MONITOR, "max", starting_points(settings.model, record.space))
+    searcher = StudySearcher(record.space, study, MONITOR, "max", starting_points(settings.model, record.space),
+                             num_samples=settings.num_samples, max_concurrent=concurrency)
     state_file = None if is_uri(settings.experiment) else f"{settings.experiment}/{SCHEDULER_STATE_FILE}"
     watch = StorageWatch(settings.storage_path, reserve)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=MONITOR, mode="max", search_alg=searcher, num_samples=settings.num_samples,
+            # the searcher counts the trials (StudySearcher): Tune's counts may be restored from another save
+            metric=MONITOR, mode="max", search_alg=SearcherEndsGenerator(searcher), num_samples=-1,
             scheduler=make_scheduler(settings.scheduler, settings.max_epochs, settings.grace_epochs, state_file),
-            max_concurrent_trials=concurrency,
             # a trial that trains in its own process ends cleanly when stopped, so Tune can hand the process on
             reuse_actors=not spec.ray_train),
         run_config=tune.RunConfig(
             name=settings.name, storage_path=settings.storage_path, verbose=0,
             # each trial's output goes to stdout and stderr files in its folder, not to the console
             log_to_file=True, sync_config=tune.SyncConfig(sync_artifacts=True),
-            callbacks=[ConsoleProgress(settings.num_samples), watch, *logger_callbacks(settings)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=MONITOR,
-                                                    checkpoint_score_order="max"),
+            # every checkpoint kept by Tune: the pruner deletes superseded ones once no saved state names them
+            callbacks=[ConsoleProgress(settings.num_samples), watch, CheckpointPruner(), *logger_callbacks(settings)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
 
 
