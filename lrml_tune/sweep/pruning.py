@@ -37,16 +37,18 @@ class CheckpointPruner(tune.Callback):
 
 
 def prune_superseded(results: tune.ResultGrid) -> None:
-    """Every finished search's trial keeps only its latest checkpoint (its best epoch: one is written only on
-    improvement), which the final experiment state names."""
+    """When the search has finished, delete each trial's checkpoints older than the latest one Tune holds (its
+    best epoch: one is written only on improvement). A later one, written before a driver was killed and
+    unknown to the state it resumed from, stays: the trial's reported epochs name it."""
     for result in results:
         if result.checkpoint is None:
             continue
-        storage, latest = result.checkpoint.filesystem, result.checkpoint.path
-        trial_folder = latest.rstrip("/").rsplit("/", 1)[0]
+        storage, latest = result.checkpoint.filesystem, result.checkpoint.path.rstrip("/")
+        trial_folder, latest_name = latest.rsplit("/", 1)
         for info in storage.get_file_info(pyarrow.fs.FileSelector(trial_folder)):
+            # checkpoint_000003: Tune numbers a trial's checkpoints in order, with zeros in front
             if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_") \
-                    and info.path.rstrip("/") != latest.rstrip("/"):
+                    and info.base_name < latest_name:
                 delete(storage, info.path)
 
 

@@ -17,7 +17,7 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
-from ray.tune.search import Searcher, SearchGenerator
+from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 
 from lrml.errors import UserError
 from lrml_tune.sweep.space import Param, suggest
@@ -78,20 +78,18 @@ class StudySearcher(Searcher):
     """Suggest ``num_samples`` configurations from ``study``'s sampler over ``space`` (asking only for the
     parameters that apply to each configuration), starting with ``starting_points`` (study parameter names).
 
-    Given ``num_samples`` (and ``max_concurrent``), the searcher ends the search and bounds the trials at
-    once, not Tune's count and concurrency limiter (``SearcherEndsGenerator``): after a restore it counts the
-    trials of the experiment state that Tune restored, which on cloud storage may have been uploaded a save
-    apart from Tune's own counts.
+    Given ``num_samples``, the searcher ends the search, not Tune's count (``SearcherEndsGenerator``): after a
+    restore it counts the trials of the experiment state that Tune restored, which on cloud storage may have
+    been uploaded a save apart from Tune's own count.
     """
 
     def __init__(self, space: dict[str, Param], study: optuna.Study, metric: str, mode: str = "max",
-                 starting_points: list[dict] = (), step: str = "epoch", num_samples: int | None = None,
-                 max_concurrent: int | None = None):
+                 starting_points: list[dict] = (), step: str = "epoch", num_samples: int | None = None):
         super().__init__(metric=metric, mode=mode)
         self.space = space
         self.study = study
         self.step = step
-        self.num_samples, self.max_concurrent = num_samples, max_concurrent
+        self.num_samples = num_samples
         for point in starting_points:
             study.enqueue_trial(point)
         self.suggested: set[str] = set()  # Tune trial ids, every one the experiment holds
@@ -102,8 +100,6 @@ class StudySearcher(Searcher):
     def suggest(self, trial_id: str) -> dict | str:
         if self.num_samples is not None and len(self.suggested) >= self.num_samples:
             return Searcher.FINISHED
-        if self.max_concurrent is not None and len(self.live) >= self.max_concurrent:
-            return None  # asked again when a trial ends
         self.suggested.add(trial_id)
         trial = self.study.ask()
         config = suggest(trial, self.space)
@@ -158,30 +154,44 @@ class StudySearcher(Searcher):
         uploading leaves one a save older than the other.
         """
         self.__dict__.update(read_state(checkpoint_path))
-        restored = tune_trial_ids(Path(checkpoint_path).parent)
+        restored = tune_trials(Path(checkpoint_path).parent)
         if restored is not None:
-            for trial_id in set(self.live) - restored:  # suggested after the trials' state was saved: never to run
-                self.study.tell(self.live.pop(trial_id), state=TrialState.FAIL, skip_if_finished=True)
-            self.suggested = restored  # a restored trial the searcher had not seen yet runs unobserved
+            for trial_id in list(self.live):
+                if trial_id not in restored:  # suggested after the trials' state was saved: it never runs
+                    self.study.tell(self.live.pop(trial_id), state=TrialState.FAIL, skip_if_finished=True)
+                elif restored[trial_id] == "TERMINATED":  # ended after the searcher's save: at its best so far
+                    self.on_trial_complete(trial_id)
+            self.suggested = set(restored)  # a restored trial the searcher had not seen yet runs unobserved
         known = {trial.number for trial in self.live.values()}
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number not in known:
                 self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
 
 
-def tune_trial_ids(folder: Path) -> set[str] | None:
-    """The ids of the trials in the experiment state Tune restores from (``experiment_state-*.json``, which Tune
-    has copied into the searcher's folder before restoring it); None where there is none."""
+def tune_trials(folder: Path) -> dict[str, str] | None:
+    """Each trial's id and status in the experiment state Tune restores from (``experiment_state-*.json``, which
+    Tune has copied into the searcher's folder before restoring it); None where there is none."""
     states = sorted(folder.glob("experiment_state-*.json"))  # one a search; named by the time it started
     if not states:
         return None
-    return {json.loads(trial)["trial_id"] for trial, _ in json.loads(states[-1].read_text())["trial_data"]}
+    trials = [json.loads(trial) for trial, _ in json.loads(states[-1].read_text())["trial_data"]]
+    return {trial["trial_id"]: trial["status"] for trial in trials}
 
 
 class SearcherEndsGenerator(SearchGenerator):
     """Tune's search generator over a ``StudySearcher`` that counts the trials itself (run it with Tune's
-    ``num_samples=-1``): restored, it asks the searcher again whether the search is finished rather than
-    trust a flag saved beside trials that may be a save older."""
+    ``num_samples=-1``), at most ``max_concurrent`` at once. Restored, it asks the searcher again whether the
+    search is finished, and counts as running the trials the restored searcher awaits, rather than trust
+    counts saved beside trials that may be a save older or newer."""
+
+    def __init__(self, searcher: StudySearcher, max_concurrent: int):
+        super().__init__(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
 
     def set_state(self, state: dict) -> None:
         super().set_state({**state, "finished": False})
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        super().restore_from_dir(dirpath)
+        limiter, searcher = self.searcher, self.searcher.searcher
+        limiter.live_trials = set(searcher.live)
+        limiter.num_unfinished_live_trials = len(searcher.live)

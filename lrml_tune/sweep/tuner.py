@@ -50,14 +50,15 @@ def build_tuner(record: SearchRecord, concurrency: int, resume: bool, reserve: R
                                   restart_errored=True)
     study = create_study(settings.experiment, settings.name, make_sampler(settings.searcher, settings.seed))
     searcher = StudySearcher(record.space, study, MONITOR, "max", starting_points(settings.model, record.space),
-                             num_samples=settings.num_samples, max_concurrent=concurrency)
+                             num_samples=settings.num_samples)
     state_file = None if is_uri(settings.experiment) else f"{settings.experiment}/{SCHEDULER_STATE_FILE}"
     watch = StorageWatch(settings.storage_path, reserve)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             # the searcher counts the trials (StudySearcher): Tune's counts may be restored from another save
-            metric=MONITOR, mode="max", search_alg=SearcherEndsGenerator(searcher), num_samples=-1,
+            metric=MONITOR, mode="max", search_alg=SearcherEndsGenerator(searcher, concurrency),
+            num_samples=-1,
             scheduler=make_scheduler(settings.scheduler, settings.max_epochs, settings.grace_epochs, state_file),
             # a trial that trains in its own process ends cleanly when stopped, so Tune can hand the process on
             reuse_actors=not spec.ray_train),
