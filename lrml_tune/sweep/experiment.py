@@ -14,7 +14,7 @@ from ray.tune import ExperimentAnalysis
 
 from lrml.train import MONITOR
 from lrml_tune.sweep.record import SearchRecord
-from lrml_tune.sweep.storage import filesystem, is_uri, resolved
+from lrml_tune.sweep.storage import filesystem, resolved
 from lrml_tune.sweep.trainable import CHECKPOINT_FILE
 
 
@@ -79,8 +79,8 @@ class Experiment:
         the experiment may have been moved or copied since (a cluster's results synced to a laptop).
         """
         if "checkpoint_dir_name" in frame and frame["checkpoint_dir_name"].notna().any():
-            trial_path = filesystem(trial.path)[1] if is_uri(trial.path) else trial.path  # Tune's is a URI in the cloud
-            return f"{trial_path}/{frame['checkpoint_dir_name'].dropna().iloc[-1]}"
+            trial_folder = trial.path.rstrip("/").rsplit("/", 1)[-1]  # Tune's path is a URI in the cloud
+            return f"{self.fs_path}/{trial_folder}/{frame['checkpoint_dir_name'].dropna().iloc[-1]}"
         if "checkpoint_path" in frame and frame["checkpoint_path"].notna().any():
             recorded = frame["checkpoint_path"].dropna().iloc[-1]
             _, found, inside = recorded.partition(f"/train/{trial.trial_id}/")

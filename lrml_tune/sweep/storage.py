@@ -33,11 +33,8 @@ def local_folder(location: str) -> Path:
     return data_home() / "searches" / scheme / rest
 
 
-def upload(local_file: Path, location: str) -> None:
-    """Copy ``local_file`` into the folder or URI ``location`` (a no-op where it already lies there)."""
-    storage, path = filesystem(location)
-    target = f"{path}/{local_file.name}"
-    if not is_uri(location) and Path(target) == local_file.resolve():
-        return
-    with open(local_file, "rb") as source, storage.open_output_stream(target) as sink:
+def upload(local_file: Path, uri: str) -> None:
+    """Copy ``local_file`` into the cloud folder ``uri``."""
+    storage, path = filesystem(uri)
+    with open(local_file, "rb") as source, storage.open_output_stream(f"{path}/{local_file.name}") as sink:
         sink.write(source.read())
