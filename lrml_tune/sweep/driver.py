@@ -34,7 +34,7 @@ from lrml_tune.sweep.record import SearchOutcome, SearchRecord
 from lrml_tune.sweep.resources import plan_resources
 from lrml_tune.sweep.settings import PROG, SearchSettings
 from lrml_tune.sweep.space import Param, at_edges, load_space
-from lrml_tune.sweep.storage import is_uri, local_folder, upload
+from lrml_tune.sweep.storage import brief, is_uri, local_folder, upload
 from lrml_tune.sweep.study import STUDY_FILE, repair_journal
 from lrml_tune.sweep.tuner import build_tuner, finished, summarize
 from lrml_tune.sweep.watch import LOG_FILE, check_loggers, mlflow_uri, send_ray_output_to
@@ -107,6 +107,11 @@ def run(settings: SearchSettings, resume: bool = False) -> int:
         else:
             print("\nsearch interrupted before it started; nothing to continue", file=sys.stderr)
         return 128 + signal.SIGINT
+    except OSError as error:  # a write after the trials ended (the outcome, the pruning) met a failed storage
+        fault = storage_fault(error, settings.storage_path) or probe(settings.storage_path)
+        if fault is None:
+            raise
+        return stopped_by_storage(fault, error, settings)
     finally:
         keep_log(settings)
 
@@ -121,7 +126,7 @@ def keep_log(settings: SearchSettings) -> None:
         if SearchRecord.exists(settings.experiment):  # not a search refused before it began
             upload(log_file, settings.experiment)
     except OSError as error:
-        print(f"warning: could not copy {log_file} to {settings.experiment} ({error}); it stays on this machine",
+        print(f"warning: could not copy {log_file} to {settings.experiment} ({brief(error)}); it stays on this machine",
               file=sys.stderr)
 
 

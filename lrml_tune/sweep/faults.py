@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ray import tune
 
-from lrml_tune.sweep.storage import filesystem, is_uri
+from lrml_tune.sweep.storage import brief, filesystem, is_uri
 
 # What a write meets when the storage fills, turns read-only or goes away (a lost network mount).
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ESTALE, errno.ENOTCONN, errno.ENODEV}
@@ -63,7 +63,7 @@ def probe(storage_path: str) -> StorageFault | None:
         with fs.open_output_stream(path) as out:
             out.write(bytes(PROBE_BYTES))
     except OSError as error:
-        return storage_fault(error, storage_path) or StorageFault(storage_path, str(error))
+        return storage_fault(error, storage_path) or StorageFault(storage_path, brief(error))
     finally:
         try:
             fs.delete_file(path)

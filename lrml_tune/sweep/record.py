@@ -14,7 +14,7 @@ import pyarrow.fs
 from lrml.errors import UserError
 from lrml_tune.sweep.settings import SearchSettings
 from lrml_tune.sweep.space import Param
-from lrml_tune.sweep.storage import filesystem
+from lrml_tune.sweep.storage import brief, filesystem
 
 RECORD_FILE = "lrml_search.json"
 RECORD_VERSION = 4  # 4: the space beside the settings, which name its file; the grace period as given
@@ -91,6 +91,8 @@ class SearchRecord:
                 data = json.loads(handle.read().decode())
         except FileNotFoundError:
             raise UserError(f"{experiment}: no {RECORD_FILE}; not a search made by tune/search.py") from None
+        except OSError as error:  # storage that cannot be reached: a user's to fix, said in a line
+            raise UserError(f"cannot read {experiment}/{RECORD_FILE}: {brief(error)}") from None
         if data.get("version") != RECORD_VERSION:
             raise UserError(f"{experiment}/{RECORD_FILE}: record version {data.get('version')!r}, this code reads "
                              f"{RECORD_VERSION}; run the search again with this version")

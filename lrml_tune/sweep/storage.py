@@ -2,11 +2,16 @@
 filesystems, which Ray Tune also uses."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyarrow.fs
 
 from lrml.data import data_home
+
+# pyarrow's S3 errors: "When <doing what> for key '...': AWS Error NETWORK_CONNECTION during HeadObject operation:
+# curlCode: 7, Could not connect to server; Details: ..."
+AWS_ERROR_TEXT = re.compile(r"AWS Error (?P<code>\w+) during \w+ operation: (?:curlCode: \d+, )?(?P<message>[^;\n]+)")
 
 
 def is_uri(location: str) -> bool:
@@ -38,3 +43,10 @@ def upload(local_file: Path, uri: str) -> None:
     storage, path = filesystem(uri)
     with open(local_file, "rb") as source, storage.open_output_stream(f"{path}/{local_file.name}") as sink:
         sink.write(source.read())
+
+
+def brief(error: BaseException | str) -> str:
+    """What a storage error says, in a few words: a cloud API's message and code without the request around it."""
+    text = str(error)
+    found = AWS_ERROR_TEXT.search(text)
+    return f"{found['message'].strip()} ({found['code']})" if found else text

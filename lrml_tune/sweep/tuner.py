@@ -13,7 +13,6 @@ from lrml_tune.sweep.pruning import CheckpointPruner
 from lrml_tune.sweep.record import SearchOutcome, SearchRecord
 from lrml_tune.sweep.space import starting_points
 from lrml_tune.sweep.stopping import make_scheduler
-from lrml_tune.sweep.storage import is_uri
 from lrml_tune.sweep.study import SearcherEndsGenerator, StudySearcher, create_study, make_sampler
 from lrml_tune.sweep.trainable import DatasetRef, TrialSpec, run_trial
 from lrml_tune.sweep.watch import ConsoleProgress, logger_callbacks
@@ -51,7 +50,6 @@ def build_tuner(record: SearchRecord, concurrency: int, resume: bool, reserve: R
     study = create_study(settings.experiment, settings.name, make_sampler(settings.searcher, settings.seed))
     searcher = StudySearcher(record.space, study, MONITOR, "max", starting_points(settings.model, record.space),
                              num_samples=settings.num_samples)
-    state_file = None if is_uri(settings.experiment) else f"{settings.experiment}/{SCHEDULER_STATE_FILE}"
     watch = StorageWatch(settings.storage_path, reserve)
     return tune.Tuner(
         trainable,
@@ -59,7 +57,8 @@ def build_tuner(record: SearchRecord, concurrency: int, resume: bool, reserve: R
             # the searcher counts the trials (StudySearcher): Tune's counts may be restored from another save
             metric=MONITOR, mode="max", search_alg=SearcherEndsGenerator(searcher, concurrency),
             num_samples=-1,
-            scheduler=make_scheduler(settings.scheduler, settings.max_epochs, settings.grace_epochs, state_file),
+            scheduler=make_scheduler(settings.scheduler, settings.max_epochs, settings.grace_epochs,
+                                     f"{settings.experiment}/{SCHEDULER_STATE_FILE}"),
             # a trial that trains in its own process ends cleanly when stopped, so Tune can hand the process on
             reuse_actors=not spec.ray_train),
         run_config=tune.RunConfig(
