@@ -6,6 +6,7 @@ The comparison is written under results/<experiment>/.
     python tune/best.py results/ray/ml-latest-small-lrml            # or an s3:// / gs:// URI, or just the name
     python tune/best.py ml-latest-small-lrml --tune-baselines       # search CML and BPR-MF first if not yet done
     python tune/best.py ml-latest-small-lrml --recommend 414        # top-10 films for MovieLens user 414
+    python tune/best.py ml-latest-small-lrml --address auto          # retrain and rank on the search's Ray cluster
     python tune/best.py ml-20m-lrml --ray-data 10.0.0.5:6379         # rank users on a Ray cluster, through Ray Data
 
 Each search's top configurations are retrained with fresh seeds and the best mean validation score
@@ -35,13 +36,15 @@ from lrml.train import MONITOR, TrainConfig, Trainer, defaults
 from lrml_tune import sweep
 from lrml_tune.comparison import selection
 from lrml_tune.comparison.baseline_searches import BASELINES, baseline_settings, find_baseline
+from lrml_tune.comparison.cluster_runs import RayTasks
 from lrml_tune.comparison.ease_grid import fits_in_memory, tune_ease
 from lrml_tune.comparison.model_result import LABELS, ModelResult, add_paired_tests, evaluate, per_user_table
 from lrml_tune.comparison.ray_data_ranking import RayDataEvaluator, evaluation_cluster
 from lrml_tune.comparison.report import write_plots, write_summary
-from lrml_tune.comparison.retrain import RunStore, kept_runs
+from lrml_tune.comparison.retrain import LocalProcesses, Runner, RunStore, kept_runs
 from lrml_tune.sweep import Experiment, SearchRecord
 from lrml_tune.sweep.storage import is_uri
+from lrml_tune.sweep.trainable import DatasetRef
 
 RESULTS = Path("results")  # under the folder best.py is run from (the clone's root)
 CANDIDATES = 3  # top configurations of each search retrained to choose from
@@ -109,13 +112,13 @@ def baseline_searches(lrml: Experiment, tune_missing: bool) -> dict[str, Experim
 
 
 def searched_result(model: str, experiment: Experiment, dataset: Dataset, evaluator: Evaluator, candidates: int,
-                    defaults_epochs: int | None, scratch: Path, store: RunStore) -> ModelResult:
+                    defaults_epochs: int | None, scratch: Path, store: RunStore, runner: Runner) -> ModelResult:
     """A searched model's chosen checkpoint evaluated, with how it was chosen and its defaults trained for
     ``defaults_epochs`` (None: no retraining at all, the search's best trial is evaluated alone)."""
     settings = experiment.record.settings
     retrain = defaults_epochs is not None
     if retrain:
-        found = selection.candidates(experiment, candidates, str(dataset.path), store)
+        found = selection.candidates(experiment, candidates, str(dataset.path), store, runner)
     else:
         top = experiment.trials[0]
         found = [selection.Candidate(top.trial_id, top.config, top.valid[MONITOR], {})]
@@ -126,7 +129,7 @@ def searched_result(model: str, experiment: Experiment, dataset: Dataset, evalua
     result.notes = selection.notes_for(experiment, chosen)
     if retrain:
         result.defaults = selection.defaults_runs(model, defaults_epochs, max(settings.patience, TrainConfig.patience),
-                                                str(dataset.path), store)
+                                                str(dataset.path), store, runner)
     return result
 
 
@@ -151,6 +154,16 @@ def ease_result(dataset: Dataset, evaluator: Evaluator) -> ModelResult | None:
     return result
 
 
+def runs_on(address: str | None, record: SearchRecord, dataset: Dataset, data_dir: str | None):
+    """Where retrains run: Ray tasks on the connected cluster when ``address`` is given, else this machine's
+    processes (kept for every retrain of this command)."""
+    if not address:
+        return LocalProcesses(str(dataset.path))
+    where = DatasetRef(str(dataset.path), record.settings.dataset, data_dir or record.settings.data_dir,
+                       record.fingerprint)
+    return contextlib.nullcontext(RayTasks(where))
+
+
 def run(argv: list[str]) -> int:
     """The command without the error handling of ``main``."""
     parser = argparse.ArgumentParser(prog="python tune/best.py", description=__doc__.split("\n\n")[0])
@@ -164,6 +177,9 @@ def run(argv: list[str]) -> int:
                              f"or {TrainConfig.max_epochs}, whichever is larger)")
     parser.add_argument("--no-retrain", action="store_true",
                         help="evaluate each search's best checkpoint only: no retraining, no defaults")
+    parser.add_argument("--address", help="the Ray cluster the search ran on (host:port, or auto on its head node): "
+                        "retrain, train the defaults and rank users there, as Ray tasks and Ray Data (default: "
+                        "processes of this machine)")
     parser.add_argument("--ray-data", nargs="?", const="local", metavar="ADDRESS",
                         help="rank the searched models' users through Ray Data batch inference, on the Ray cluster at "
                              "ADDRESS (without one, a local Ray on this machine's cores)")
@@ -175,6 +191,8 @@ def run(argv: list[str]) -> int:
     for flag, value in (("--candidates", args.candidates), ("--defaults-epochs", args.defaults_epochs or 1)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1; got {value}")
+    if args.address and args.ray_data:
+        raise UserError("--address ranks users through Ray Data on that cluster already: leave out --ray-data")
 
     location = resolve(args.experiment)
     record = SearchRecord.read(location)
@@ -192,14 +210,16 @@ def run(argv: list[str]) -> int:
         results = []
         defaults_epochs = None if args.no_retrain else \
             args.defaults_epochs or max(record.settings.max_epochs, TrainConfig.max_epochs)
-        with evaluation_cluster(args.ray_data) if args.ray_data else contextlib.nullcontext():
-            searched_evaluator = RayDataEvaluator(dataset) if args.ray_data else evaluator
+        cluster = args.address or args.ray_data
+        with evaluation_cluster(cluster) if cluster else contextlib.nullcontext(), \
+                runs_on(args.address, record, dataset, args.data_dir) as runner:
+            searched_evaluator = RayDataEvaluator(dataset) if cluster else evaluator
             store = kept_runs()
             for model, experiment in searches.items():
                 print(f"{LABELS[model]}: choosing among the search's top {args.candidates} configuration(s)",
                       flush=True)
                 results.append(searched_result(model, experiment, dataset, searched_evaluator, args.candidates,
-                                               defaults_epochs, Path(scratch), store))
+                                               defaults_epochs, Path(scratch), store, runner))
                 print(f"{LABELS[model]} (trial {results[-1].trial}): test sampled ndcg@10 "
                       f"{results[-1].test['sampled']['ndcg@10']['mean']:.4f}", flush=True)
     ease = ease_result(dataset, evaluator)

@@ -1,18 +1,22 @@
-"""Train configurations again, one process per core, with progress: how much of a result is training noise.
+"""Train configurations again, with progress: how much of a result is training noise. The runs go to a
+runner: one process per core of this machine (``LocalProcesses``), or Ray tasks on a cluster
+(``lrml_tune.comparison.cluster_runs.RayTasks``).
 
 Every finished run is kept in a ``RunStore``, by configuration, prepared dataset and the lrml code that
 trained it, so that a comparison run again, or continued after an interrupt, trains only what it lacks.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -70,9 +74,53 @@ def kept_runs() -> RunStore:
     return RunStore(data_home() / "runs")
 
 
-def retrain(configs: list[TrainConfig], dataset_path: str, label: str, store: RunStore | None = None) -> list[dict]:
+class Runner(Protocol):
+    """Where runs train: ``submit`` starts one and gives its future ``(final metrics, node or None)``."""
+
+    def submit(self, config: TrainConfig) -> Future: ...
+
+
+class LocalProcesses:
+    """One process per core of this machine, started as runs need them and kept for every later run; a context
+    manager that ends them. Each is started with one OpenMP thread, as Ray starts a worker of one CPU: with the
+    default of a thread per core in every process, the runs took about twice as long on two cores
+    (``bench/retrain_runners.py``)."""
+
+    def __init__(self, dataset_path: str):
+        self.dataset_path = dataset_path
+        self.pool = ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, config: TrainConfig) -> Future:
+        with _environment(OMP_NUM_THREADS="1"):  # read by the processes submit starts (lrml's numba pool too)
+            return self.pool.submit(_train_here, config, self.dataset_path)
+
+    def __enter__(self) -> "LocalProcesses":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _environment(**values: str):
+    """``values`` in this process's environment for the block, what was there before put back after."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def retrain(configs: list[TrainConfig], dataset_path: str, label: str, store: RunStore | None = None,
+            runner: Runner | None = None) -> list[dict]:
     """Each configuration's final metrics (``Trainer.fit().final``), in order; one line per finished run. Runs
-    ``store`` already holds are not trained again; each new one goes into it as it finishes."""
+    ``store`` already holds are not trained again; each new one goes into it as it finishes. The runs train on
+    ``runner`` (by default, processes of this machine for this call alone)."""
     if not configs:
         return []
     fingerprint = read_manifest(dataset_path)["fingerprint"]
@@ -83,25 +131,28 @@ def retrain(configs: list[TrainConfig], dataset_path: str, label: str, store: Ru
               flush=True)
     if not missing:
         return finals
-    workers = max(1, min(len(missing), os.cpu_count() or 1))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        running = {pool.submit(_train, configs[index], dataset_path): index for index in missing}
+    with LocalProcesses(dataset_path) if runner is None else contextlib.nullcontext(runner) as running_on:
+        running = {running_on.submit(configs[index]): index for index in missing}
         for done, future in enumerate(as_completed(running), start=len(configs) - len(missing) + 1):
             index = running[future]
-            finals[index] = future.result()
+            finals[index], node = future.result()
             config = configs[index]
             if store:
                 store.put(config, fingerprint, finals[index])
-            print(f"  {label}: {done}/{len(configs)} trained ({config.model}, seed {config.seed}: best epoch "
-                  f"{finals[index]['best_epoch']}, valid nDCG@10 {finals[index]['valid']['sampled']['ndcg@10']:.4f})",
-                  flush=True)
+            print(f"  {label}: {done}/{len(configs)} trained{f' on {node}' if node else ''} ({config.model}, seed "
+                  f"{config.seed}: best epoch {finals[index]['best_epoch']}, valid nDCG@10 "
+                  f"{finals[index]['valid']['sampled']['ndcg@10']:.4f})", flush=True)
     return finals
 
 
-def _train(config: TrainConfig, dataset_path: str) -> dict:
-    """One training run in a worker process (one thread: the pool runs one per core)."""
+def train(config: TrainConfig, dataset_path: str) -> dict:
+    """One training run on one thread (a runner runs one per core): its final metrics."""
     torch.set_num_threads(1)
     return Trainer(config, load_dataset(dataset_path)).fit().final
+
+
+def _train_here(config: TrainConfig, dataset_path: str) -> tuple[dict, None]:
+    return train(config, dataset_path), None
 
 
 def spread(finals: list[dict]) -> dict[str, dict[str, dict[str, dict]]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from lrml import checkpoint
 from lrml.model import Recommender
 from lrml.train import MONITOR, TrainConfig, defaults
-from lrml_tune.comparison.retrain import RunStore, monitored, retrain, spread
+from lrml_tune.comparison.retrain import Runner, RunStore, monitored, retrain, spread
 from lrml_tune.sweep import Experiment, TrialSummary
 from lrml_tune.sweep.space import at_edges
 
@@ -28,16 +28,18 @@ class Candidate:
     runs: dict  # retrain.spread of the retrains
 
 
-def candidates(experiment: Experiment, count: int, dataset_path: str, store: RunStore | None = None) -> list[Candidate]:
+def candidates(experiment: Experiment, count: int, dataset_path: str, store: RunStore | None = None,
+               runner: Runner | None = None) -> list[Candidate]:
     """The search's ``count`` best distinct configurations, each retrained with ``RETRAIN_SEEDS`` (or read from
-    ``store``), the one with the best mean validation metric first (ties: the search's order)."""
+    ``store``) on ``runner``, the one with the best mean validation metric first (ties: the search's order)."""
     top: list[TrialSummary] = []
     for trial in experiment.trials:
         if len(top) < count and all(trial.config != kept.config for kept in top):
             top.append(trial)
     configs = [[replace(train_config(experiment, trial), seed=seed) for seed in RETRAIN_SEEDS] for trial in top]
     finals = retrain([config for group in configs for config in group], dataset_path,
-                     f"{experiment.record.settings.model}: {len(top)} configuration(s) x {len(RETRAIN_SEEDS)} seeds", store)
+                     f"{experiment.record.settings.model}: {len(top)} configuration(s) x {len(RETRAIN_SEEDS)} seeds", store,
+                     runner)
     found = [Candidate(trial.trial_id, trial.config, trial.valid[MONITOR],
                        spread(finals[index * len(RETRAIN_SEEDS):(index + 1) * len(RETRAIN_SEEDS)]))
              for index, trial in enumerate(top)]
@@ -51,11 +53,12 @@ def train_config(experiment: Experiment, trial: TrialSummary) -> TrainConfig:
     return replace(defaults(s.model), max_epochs=s.max_epochs, patience=s.patience, **trial.config)
 
 
-def defaults_runs(model: str, max_epochs: int, patience: int, dataset_path: str, store: RunStore | None = None) -> dict:
-    """The model's defaults (``lrml.train.DEFAULTS``) trained to convergence with ``RETRAIN_SEEDS``: what not
-    searching gives. ``max_epochs`` and ``patience`` are the search's, or more."""
+def defaults_runs(model: str, max_epochs: int, patience: int, dataset_path: str, store: RunStore | None = None,
+                  runner: Runner | None = None) -> dict:
+    """The model's defaults (``lrml.train.DEFAULTS``) trained to convergence with ``RETRAIN_SEEDS`` on ``runner``:
+    what not searching gives. ``max_epochs`` and ``patience`` are the search's, or more."""
     config = replace(defaults(model), max_epochs=max_epochs, patience=patience)
-    finals = retrain([replace(config, seed=seed) for seed in RETRAIN_SEEDS], dataset_path, f"{model} defaults", store)
+    finals = retrain([replace(config, seed=seed) for seed in RETRAIN_SEEDS], dataset_path, f"{model} defaults", store, runner)
     return {"config": asdict(config), **spread(finals)}
 
 

@@ -208,13 +208,13 @@ def _worker_loop(config: TrainConfig, spec: TrialSpec, trial_id: str, blocks: li
 
 def _announce(trial_id: str, rank: int, world: int, pairs: int, reader: str) -> dict:
     """Say where this worker trains, on how much data and what read it; the same facts go with every report."""
-    node = _node_ip()
+    node = node_ip()
     print(f"run {trial_id}: worker rank {rank} of {world} (pid {os.getpid()}, node {node}): {pairs} training pairs "
           f"read by {reader}", flush=True)
     return {"workers": world, "worker_pairs": pairs, "train_node_ip": node, "train_reader": reader}
 
 
-def _node_ip() -> str:
+def node_ip() -> str:
     """The address of the Ray node this process runs on, as the cluster registered it."""
     node_id = ray.get_runtime_context().get_node_id()
     return next(node["NodeManagerAddress"] for node in ray.nodes() if node["NodeID"] == node_id)
