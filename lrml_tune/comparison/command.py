@@ -36,7 +36,7 @@ from lrml.train import MONITOR, TrainConfig, Trainer, defaults
 from lrml_tune import sweep
 from lrml_tune.comparison import selection
 from lrml_tune.comparison.baseline_searches import BASELINES, baseline_settings, find_baseline
-from lrml_tune.comparison.cluster_runs import RayTasks
+from lrml_tune.comparison.cluster_runs import RaySolves, RayTasks
 from lrml_tune.comparison.ease_grid import fits_in_memory, tune_ease
 from lrml_tune.comparison.model_result import LABELS, ModelResult, add_paired_tests, evaluate, per_user_table
 from lrml_tune.comparison.ray_data_ranking import RayDataEvaluator, evaluation_cluster
@@ -133,15 +133,16 @@ def searched_result(model: str, experiment: Experiment, dataset: Dataset, evalua
     return result
 
 
-def ease_result(dataset: Dataset, evaluator: Evaluator) -> ModelResult | None:
-    """EASE with its weight tuned on validation, beside one fit of its default weight; None, saying why, when
-    its items x items matrices do not fit in this machine's memory."""
+def ease_result(dataset: Dataset, evaluator: Evaluator, solves=None) -> ModelResult | None:
+    """EASE with its weight tuned on validation (each weight solved by ``solves``: by default here), beside one
+    fit of its default weight; None, saying why, when its items x items matrices do not fit in this machine's
+    memory."""
     too_large = fits_in_memory(dataset)
     if too_large:
         print(f"EASE left out: {too_large}", file=sys.stderr, flush=True)
         return None
     print("EASE: searching its weight on validation", flush=True)
-    model, grid = tune_ease(dataset, evaluator)
+    model, grid = tune_ease(dataset, evaluator, solves)
     result = evaluate(model, evaluator, "ease", "best.py", None, {"reg_weight": grid.best})
     result.tried = grid.tried
     if grid.edge():
@@ -154,14 +155,10 @@ def ease_result(dataset: Dataset, evaluator: Evaluator) -> ModelResult | None:
     return result
 
 
-def runs_on(address: str | None, record: SearchRecord, dataset: Dataset, data_dir: str | None):
-    """Where retrains run: Ray tasks on the connected cluster when ``address`` is given, else this machine's
-    processes (kept for every retrain of this command)."""
-    if not address:
-        return LocalProcesses(str(dataset.path))
-    where = DatasetRef(str(dataset.path), record.settings.dataset, data_dir or record.settings.data_dir,
-                       record.fingerprint)
-    return contextlib.nullcontext(RayTasks(where))
+def cluster_dataset(record: SearchRecord, dataset: Dataset, data_dir: str | None) -> DatasetRef:
+    """How the cluster's nodes find the search's dataset: this machine's folder, or prepared where it is missing."""
+    return DatasetRef(str(dataset.path), record.settings.dataset, data_dir or record.settings.data_dir,
+                      record.fingerprint)
 
 
 def run(argv: list[str]) -> int:
@@ -178,8 +175,8 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--no-retrain", action="store_true",
                         help="evaluate each search's best checkpoint only: no retraining, no defaults")
     parser.add_argument("--address", help="the Ray cluster the search ran on (host:port, or auto on its head node): "
-                        "retrain, train the defaults and rank users there, as Ray tasks and Ray Data (default: "
-                        "processes of this machine)")
+                        "retrain, train the defaults, solve EASE's weights and rank users there, as Ray tasks and "
+                        "Ray Data (default: processes of this machine)")
     parser.add_argument("--ray-data", nargs="?", const="local", metavar="ADDRESS",
                         help="rank the searched models' users through Ray Data batch inference, on the Ray cluster at "
                              "ADDRESS (without one, a local Ray on this machine's cores)")
@@ -211,8 +208,9 @@ def run(argv: list[str]) -> int:
         defaults_epochs = None if args.no_retrain else \
             args.defaults_epochs or max(record.settings.max_epochs, TrainConfig.max_epochs)
         cluster = args.address or args.ray_data
+        where = cluster_dataset(record, dataset, args.data_dir) if args.address else None
         with evaluation_cluster(cluster) if cluster else contextlib.nullcontext(), \
-                runs_on(args.address, record, dataset, args.data_dir) as runner:
+                contextlib.nullcontext(RayTasks(where)) if where else LocalProcesses(str(dataset.path)) as runner:
             searched_evaluator = RayDataEvaluator(dataset) if cluster else evaluator
             store = kept_runs()
             for model, experiment in searches.items():
@@ -222,7 +220,7 @@ def run(argv: list[str]) -> int:
                                                defaults_epochs, Path(scratch), store, runner))
                 print(f"{LABELS[model]} (trial {results[-1].trial}): test sampled ndcg@10 "
                       f"{results[-1].test['sampled']['ndcg@10']['mean']:.4f}", flush=True)
-    ease = ease_result(dataset, evaluator)
+            ease = ease_result(dataset, evaluator, RaySolves(dataset, where) if where else None)
     results += [ease] if ease else []
     popularity = Trainer(defaults("pop"), dataset)
     popularity.fit(final_eval=False)
