@@ -6,10 +6,11 @@
 #
 #   bash cluster/loopback.sh 2>&1 | tee cluster/loopback-run.txt
 #
-# The head's "remote" environment is this checkout's: a virtual environment made on the head that sees this
-# checkout's installed packages (torch, Ray) and installs the copied repository in editable mode, so nothing is
-# downloaded and this checkout's own environment is left as it was. The head's `ray stop` would stop every Ray
-# of this machine, so the script refuses to start while another runs.
+# The head host's own Python, which a real host has before `ray up`, is made here: a virtual environment that
+# sees this checkout's installed packages (torch, Ray), so nothing is downloaded and this checkout's environment
+# is left as it was; the ssh sessions' home is a folder of this run, whose .bashrc activates it. onprem.yaml's
+# setup then installs the copied repository there. Its `ray stop` would stop every Ray of this machine, so the
+# script refuses to start while another runs.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,7 +42,17 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 StrictModes no
 PidFile $WORK/ssh/sshd.pid
+SetEnv HOME=$WORK/home
 EOF
+mkdir -p "$WORK/home"
+"$PYTHON" -m venv --without-pip "$WORK/head-venv"
+HEAD_SITE=$("$WORK/head-venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$SITE_PACKAGES" > "$HEAD_SITE/checkout.pth"
+printf '#!/bin/sh\nexec "%s" -c "import sys; from ray.scripts.scripts import main; sys.argv[0] = \\"ray\\"; main()" "$@"\n' \
+  "$WORK/head-venv/bin/python" > "$WORK/head-venv/bin/ray"  # the `ray` command the head's Ray package would install
+chmod +x "$WORK/head-venv/bin/ray"
+printf '%s\n' "source $WORK/head-venv/bin/activate" "export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0" \
+  > "$WORK/home/.bashrc"
 mkdir -p /run/sshd
 SSHD=$(command -v sshd || echo /usr/sbin/sshd)
 "$SSHD" -D -e -f "$WORK/ssh/sshd_config" 2>"$WORK/ssh/sshd.log" &
@@ -52,40 +63,39 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# cluster/onprem.yaml with this machine's loopback address as its one host, the key above, and commands that set
-# up the head's environment (see the top of this file); everything else is the file as users get it.
+# cluster/onprem.yaml with this machine's loopback address as its one host (its dashboard on that address, not
+# 0.0.0.0), the key above, and the copied repository installed into the head's Python; the rest as users get it.
 "$PYTHON" - "$REPO/cluster/onprem.yaml" "$WORK/cluster.yaml" <<EOF
 import sys, yaml
 config = yaml.safe_load(open(sys.argv[1]))
-env = "$WORK/head-venv"
-activate = f"source {env}/bin/activate && export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0"
 config["provider"].update(head_ip="$HEAD_IP", worker_ips=[])
 config["auth"] = {"ssh_user": "$(id -un)", "ssh_private_key": "$WORK/ssh/user_key"}
 config.update(min_workers=0, max_workers=0, file_mounts={"$WORK/lrml-tune": "$REPO"})
-config["setup_commands"] = [
-    f"test -d {env} || $PYTHON -m venv --without-pip {env}",
-    f"echo $SITE_PACKAGES > {env}/lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages/checkout.pth",
-    f"{activate} && python -m pip install -q --no-deps --no-build-isolation -e $WORK/lrml-tune"]
-config["head_start_ray_commands"] = [
-    f"{activate} && ray start --head --node-ip-address=$HEAD_IP --port=6379 --dashboard-host=$HEAD_IP "
-    "--num-cpus=2 --autoscaling-config=~/ray_bootstrap_config.yaml"]
+config["setup_commands"] = ["python -m pip install -q --no-deps --no-build-isolation -e $WORK/lrml-tune"]
+config["head_start_ray_commands"] = [command.replace("--head", "--head --node-ip-address=$HEAD_IP --num-cpus=2")
+                                     .replace("--dashboard-host=0.0.0.0", "--dashboard-host=$HEAD_IP")
+                                     for command in config["head_start_ray_commands"]]
 yaml.safe_dump(config, open(sys.argv[2], "w"), sort_keys=False)
 EOF
 
 step() { echo; echo "\$ $*"; }
+clean() {  # no colours, debug lines or rsync's list of every file it copies (its totals stay)
+  sed -r 's/\x1b\[[0-9;]*m//g' | awk '/^sending incremental file list/ {skip = 1; next} /^sent / {skip = 0} !skip' \
+    | grep -vE "VV?INFO|^\s*$|^-+$" || true
+}
 step ray up -y cluster.yaml "(cluster/onprem.yaml, head $HEAD_IP over ssh)"
-"$RAY_BIN" up -y --no-config-cache "$WORK/cluster.yaml" 2>&1 | grep -vE "^\s*$" | tail -n 25
+"$RAY_BIN" up -y --no-config-cache "$WORK/cluster.yaml" 2>&1 | clean
 
 step ray job submit --address http://$HEAD_IP:8265 -- python tune/search.py ...
 "$RAY_BIN" job submit --address "http://$HEAD_IP:8265" -- bash -c "cd $WORK/lrml-tune && python tune/search.py \
   --address auto --node-ip-address $HEAD_IP --num-samples 4 --max-epochs 2 --grace-period 1 --storage-path $WORK/runs --name loopback" 2>&1 \
-  | grep -vE "^\s*$|^-+$"
+  | clean
 
 step ls "$WORK/runs/loopback"
-ls "$WORK/runs/loopback"
+ls "$WORK/runs/loopback" | cut -c1-100
 
 step ray down -y cluster.yaml
-"$RAY_BIN" down -y "$WORK/cluster.yaml" 2>&1 | grep -vE "^\s*$" | tail -n 5
+"$RAY_BIN" down -y "$WORK/cluster.yaml" 2>&1 | clean
 sleep 2
 if pgrep -f raylet >/dev/null; then echo "a Ray process outlived ray down" >&2; exit 1; fi
 echo "ray down: no Ray process left on this machine"
