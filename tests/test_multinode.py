@@ -22,7 +22,7 @@ from lrml.evaluate import EVAL_BATCH_USERS, Evaluator
 from lrml.model import LRML, LRMLConfig
 from lrml.train import TrainConfig
 from lrml_tune.comparison.cluster_runs import RaySolves, RayTasks
-from lrml_tune.comparison.ease_grid import tune_ease
+from lrml_tune.comparison.ease_grid import LocalSolves
 from lrml_tune.comparison.ray_data_ranking import ray_data_ranks
 from lrml_tune.comparison.retrain import retrain
 from lrml_tune.sweep.trainable import DatasetRef
@@ -231,32 +231,34 @@ def test_ray_data_evaluation_on_two_nodes_ranks_as_one_process_does(two_nodes, m
 
 
 def test_best_py_work_on_both_nodes_of_the_cluster_gives_the_numbers_of_a_local_run(two_nodes, ml100k_dataset, capsys):
-    """best.py --address: each retrain a Ray task of one CPU, and each EASE weight's solve; on two nodes of one CPU
-    each they land on both, and give a local run's numbers: training is deterministic for a configuration and seed,
-    and a solve on one thread is the same solve wherever it runs."""
+    """best.py --address: each retrain a Ray task of one CPU, and each EASE weight's solve (a round of four); on two
+    nodes of one CPU each they land on both, and give a local run's numbers: training is deterministic for a
+    configuration and seed, and a solve on one thread is the same solve wherever it runs."""
     path = str(ml100k_dataset.path)
     configs = [TrainConfig(embedding_dim=8, memory_size=2, max_epochs=2, patience=2, batch_size=4096, seed=seed)
                for seed in (1, 2, 3, 4)]
     here = retrain(configs, path, "here")
-    evaluator = Evaluator(ml100k_dataset)
+    weights = [1.0, 100.0, 316.227766, 1000.0]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a task's solve runs on its one CPU's thread; a Cholesky's rounding follows the threads
     try:
-        ease_here, grid_here = tune_ease(ml100k_dataset, evaluator)
+        local = LocalSolves(ml100k_dataset, Evaluator(ml100k_dataset))
+        scores_here = local.scores(weights)
         ray.init(address=two_nodes.address, log_to_driver=False)
         try:
             dataset = DatasetRef(path, "ml-100k", str(ML_100K), ml100k_dataset.fingerprint)
             on_cluster = retrain(configs, path, "cluster", runner=RayTasks(dataset))
             solves = RaySolves(ml100k_dataset, dataset)
-            ease_there, grid_there = tune_ease(ml100k_dataset, evaluator, solves)
+            scores_there = solves.scores(weights)  # a round of tune_ease: every weight at once
         finally:
             ray.shutdown()
+        chosen_there = solves.model(316.227766).weights
     finally:
         torch.set_num_threads(threads)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  cluster: ")]
     assert len(lines) == 4 and {re.search(r"trained on (\S+) ", line)[1] for line in lines} == {HEAD, WORKER}, lines
-    for local, remote in zip(here, on_cluster):
-        assert {k: v for k, v in remote.items() if k != "seconds"} == {k: v for k, v in local.items() if k != "seconds"}
-    assert solves.nodes == {HEAD, WORKER}
-    assert grid_there.tried == grid_here.tried and len(grid_here.tried) >= 13 and grid_there.best == grid_here.best
-    assert torch.equal(ease_there.weights, ease_here.weights)
+    for local_final, remote in zip(here, on_cluster):
+        assert {k: v for k, v in remote.items() if k != "seconds"} == \
+            {k: v for k, v in local_final.items() if k != "seconds"}
+    assert solves.nodes == {HEAD, WORKER} and scores_there == scores_here and len(set(scores_here)) == 4
+    assert torch.equal(chosen_there, local.model(316.227766).weights)
