@@ -17,7 +17,7 @@ AHEAD = 4  # rows ahead: the fastest of 1, 2, 4 and 8 (docs/speed.md)
 
 @intrinsic
 def prefetch_row(typingctx, table, row):
-    """Start loading ``table[row]`` (a C-ordered 2-D array) into cache; no effect on results."""
+    """Start loading every cache line of ``table[row]`` (a C-ordered 2-D array); no effect on results."""
     if not (isinstance(table, types.Array) and table.ndim == 2 and table.layout == "C"
             and isinstance(row, types.Integer)):
         return None  # numba then reports a typing error naming these argument types
@@ -33,8 +33,14 @@ def prefetch_row(typingctx, table, row):
         int32 = ir.IntType(32)
         hint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [base.type] + [int32] * 3),
                                               "llvm.prefetch.p0")
+
+        def prefetch(offset):
+            builder.call(hint, [builder.gep(base, [offset]), int32(0), int32(3), int32(1)])  # read, keep, data
+
         with cgutils.for_range_slice(builder, context.get_constant(types.intp, 0), width,
                                      context.get_constant(types.intp, LINE)) as (offset, _):
-            builder.call(hint, [builder.gep(base, [offset]), int32(0), int32(3), int32(1)])  # read, keep, data
+            prefetch(offset)
+        # a row that starts mid-line ends in a line the steps above stop short of: its last byte's
+        prefetch(builder.sub(width, context.get_constant(types.intp, 1)))
         return context.get_dummy_value()
     return types.void(table, row), codegen

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lrml.data import SplitError, load_dataset, prepare_frame
+from lrml.data import SplitError, SplitParams, load_dataset, prepare_frame
 from lrml.data.split import TEST, TRAIN, VALID, interaction_keys, leave_one_out, sample_candidates
 
 
@@ -42,7 +42,7 @@ def test_split_invariants_on_ml100k(ml100k_dataset):
     assert train["user"].nunique() == 943
 
 
-def test_candidates_are_unseen_distinct_and_fixed(ml100k_dataset):
+def test_candidates_are_unseen_distinct_and_fixed(ml100k_dataset, tmp_path):
     d = ml100k_dataset
     seen = set(zip(d.train_users.tolist(), d.train_items.tolist()))
     seen |= set(zip(d.valid_users.tolist(), d.valid_items.tolist())) | set(zip(d.test_users.tolist(), d.test_items.tolist()))
@@ -51,6 +51,13 @@ def test_candidates_are_unseen_distinct_and_fixed(ml100k_dataset):
         assert all(len(set(row)) == 100 for row in cands.tolist())
         assert not any((u, i) in seen for u, row in zip(users.tolist(), cands.tolist()) for i in row)
     assert not np.array_equal(d.valid_candidates, d.test_candidates)
+    # fixed: the same ratings and seed draw the same candidates in a fresh preparation; another seed does not
+    frame = pd.concat([pd.read_parquet(d.path / f"{part}.parquet") for part in ("train", "valid", "test")])
+    again = load_dataset(prepare_frame(frame, "again", tmp_path / "again", {"ratings_sha256": "x"}))
+    assert np.array_equal(again.valid_candidates, d.valid_candidates)
+    assert np.array_equal(again.test_candidates, d.test_candidates)
+    other = load_dataset(prepare_frame(frame, "other", tmp_path / "other", {"ratings_sha256": "x"}, SplitParams(seed=1)))
+    assert (other.test_candidates != d.test_candidates).mean() > 0.9
 
 
 def test_candidate_sampling_is_uniform():
@@ -67,7 +74,6 @@ def test_users_with_fewer_than_three_interactions_stay_in_train(tmp_path):
     frame = pd.DataFrame({"user": [1, 1, 1, 2, 2] + [3] * 5, "item": [1, 2, 3, 1, 2] + list(range(1, 6)),
                           "rating": 4.0, "timestamp": range(10)})
     frame = pd.concat([frame, pd.DataFrame({"user": 9, "item": range(10, 120), "rating": 1.0, "timestamp": 0})])
-    from lrml.data import SplitParams
     d = load_dataset(prepare_frame(frame, "tiny", tmp_path / "tiny", {"ratings_sha256": "x"},
                                    SplitParams(num_candidates=5)))
     assert d.manifest["counts"]["users_train_only"] == 1

@@ -111,6 +111,10 @@ def test_cli_writes_metrics_json(tmp_path, capsys):
             assert 0 <= metrics[part][protocol]["ndcg@10"] <= metrics[part][protocol]["hr@10"] <= 1
     # full ranking over ~9.7k items is harder than 100 sampled candidates
     assert metrics["test"]["full"]["hr@10"] < metrics["test"]["sampled"]["hr@10"]
+    # a random ranking puts the held-out item in the top 10 of 101 for 10/101 of the 610 users, sd
+    # sqrt(p (1 - p) / 610) = 0.012: above 10/101 + 4 sd = 0.147 the metrics are a trained model's
+    for part in ("valid", "test"):
+        assert metrics[part]["sampled"]["hr@10"] > 10 / 101 + 4 * (10 / 101 * (1 - 10 / 101) / 610) ** 0.5
     printed = capsys.readouterr().out
     assert "epoch   2" in printed and "test   full" in printed
 

@@ -19,6 +19,7 @@ from optuna.storages.journal import JournalFileBackend
 from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
+from lrml.train import defaults
 from lrml_tune.comparison.stats import bootstrap_ci, paired_randomization_test
 from lrml_tune.sweep.faults import RESERVE_BYTES_PER_TRIAL, Reserve, StorageFault, storage_fault
 from lrml_tune.sweep.pruning import CheckpointPruner
@@ -109,6 +110,16 @@ def test_a_starting_point_outside_the_space_is_skipped(tmp_path):
     path.write_text(json.dumps({"lr": {"type": "loguniform", "low": 0.01, "high": 0.1},
                                 "reg_weight": {"type": "choice", "values": [0.01, 0.1]}}))
     assert starting_points("lrml", load_space(path)) == []  # both points have lr 0.001
+
+
+def test_a_field_the_space_fixes_keeps_the_starting_points_with_its_one_value(tmp_path):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({"memory_size": {"type": "choice", "values": [1]},
+                                "reg_weight": {"type": "loguniform", "low": 1e-6, "high": 1.0}}))
+    assert starting_points("lrml", load_space(path)) == [{"memory_size": 1, "reg_weight": defaults("lrml").reg_weight},
+                                                         {"memory_size": 1, "reg_weight": 0.1}]
+    path.write_text(json.dumps({"memory_size": {"type": "choice", "values": [5, 10]}}))
+    assert starting_points("lrml", load_space(path)) == []  # the default's 20 slots are outside; nothing is fixed
 
 
 def test_strategies():

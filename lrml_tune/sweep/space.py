@@ -189,12 +189,15 @@ def study_params(space: dict[str, Param], config: dict) -> dict:
 
 
 def starting_points(model: str, space: dict[str, Param]) -> list[dict]:
-    """The known settings to try first (study parameter names), restricted to the space; any outside it is skipped."""
+    """The known settings to try first (study parameter names), restricted to the space: a field the space fixes
+    (an unconditional choice of one value) takes that value, and a point with another value outside it is skipped."""
     known = asdict(defaults(model))
+    fixed = {param.sets: param.values[0] for param in space.values()
+             if param.kind == "choice" and len(param.values) == 1 and not param.when}
     candidates = [known] + ([{**known, "reg_weight": 0.1}] if model == "lrml" else [])
     points = []
     for point in candidates:
-        chosen = study_params(space, point)
+        chosen = study_params(space, {**point, **fixed})
         if all(space[name].allows(value) for name, value in chosen.items()) and chosen not in points:
             points.append(chosen)
     return points
