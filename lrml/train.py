@@ -33,7 +33,15 @@ from lrml.sampling import NegativeSampler
 
 MODELS = ("lrml", "cml", "bpr", "ease", "pop")
 OPTIMIZERS = ("adam", "adagrad")
-MONITOR = "valid/sampled/ndcg@10"
+PROTOCOLS = ("sampled", "full")
+
+
+def monitor_key(protocol: str) -> str:
+    """The reported metric that early stopping, checkpoints and searches follow: validation nDCG@10 in ``protocol``."""
+    return f"valid/{protocol}/ndcg@10"
+
+
+MONITOR = monitor_key("sampled")  # the default monitor's key
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,8 @@ class TrainConfig:
     max_epochs: int = 100
     patience: int = 10  # stop after this many epochs without a better validation nDCG@10
     seed: int = 0
+    monitor: str = "sampled"  # the protocol of the validation nDCG@10 that early stopping and checkpoints follow
+    validate_both: bool = False  # report both protocols' validation metrics every epoch, not just the monitor's
     # LRML variants (see LRMLConfig)
     clip_radius: float | None = LRMLConfig.clip_radius
     distance: str = LRMLConfig.distance
@@ -66,6 +76,8 @@ class TrainConfig:
             raise UserError(f"model={self.model!r}; expected one of {MODELS}")
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"optimizer={self.optimizer!r}; expected one of {OPTIMIZERS}")
+        if self.monitor not in PROTOCOLS:
+            raise UserError(f"monitor={self.monitor!r}; expected one of {PROTOCOLS}")
         for name in ("batch_size", "max_epochs", "num_negatives", "patience", "lr"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name}={getattr(self, name)!r}; it must be positive")
@@ -203,12 +215,15 @@ class Trainer:
         return loss_sum / max(pairs, 1)
 
     def validate(self) -> dict[str, float]:
-        """Sampled validation metrics, flat and prefixed (``valid/sampled/ndcg@10``). Each worker evaluates the
-        users it owns, whose rows are current only there, and every worker gets the means of their sums."""
+        """Validation metrics of the monitored protocol (of both with ``validate_both``), flat and prefixed
+        (``valid/sampled/ndcg@10``). Each worker evaluates the users it owns, whose rows are current only there,
+        and every worker gets the means of their sums."""
+        protocols = PROTOCOLS if self.config.validate_both else (self.config.monitor,)
         block = self.parallel.user_block(self.dataset.num_users)
-        sums, count = self.evaluator.metric_sums(self.model, "valid", ("sampled",), block)
-        *totals, users = self.parallel.agree_sum([*sums["sampled"].values(), count])
-        return {f"valid/sampled/{name}": total / max(users, 1) for name, total in zip(sums["sampled"], totals)}
+        sums, count = self.evaluator.metric_sums(self.model, "valid", protocols, block)
+        names = [(protocol, name) for protocol in protocols for name in sums[protocol]]
+        *totals, users = self.parallel.agree_sum([sums[protocol][name] for protocol, name in names] + [count])
+        return {f"valid/{protocol}/{name}": total / max(users, 1) for (protocol, name), total in zip(names, totals)}
 
     def final_metrics(self) -> dict:
         """Validation and test metrics in both protocols (the CLI's ``--metrics-out`` shape)."""
@@ -247,10 +262,11 @@ class Trainer:
         started = time.perf_counter()
         if positives is None:
             positives = self._all_training_pairs
+        monitor = monitor_key(self.config.monitor)
         history, best_value, best_epoch, best_state = [], float("-inf"), 0, None
         if resume is not None:
             self._restore(resume)
-            best_value, best_epoch = resume["metrics"][MONITOR], resume["epoch"]
+            best_value, best_epoch = resume["metrics"][monitor], resume["epoch"]
             best_state = copy.deepcopy(self.model.state_dict())
         max_epochs = self.config.max_epochs if self.trainable else 1
         for epoch in range(best_epoch + 1, max_epochs + 1):
@@ -260,14 +276,14 @@ class Trainer:
             metrics = {"epoch": epoch, "loss": loss, **self.validate(), "seconds": time.perf_counter() - epoch_start,
                        "validation_seconds": time.perf_counter() - validation_start,
                        "exchange_seconds": self.parallel.exchange_seconds - exchanged}
-            if not all(math.isfinite(metrics[name]) for name in ("loss", MONITOR)):
-                raise TrainingDiverged(f"epoch {epoch}: loss {loss}, {MONITOR} {metrics[MONITOR]}: the model diverged "
+            if not all(math.isfinite(metrics[name]) for name in ("loss", monitor)):
+                raise TrainingDiverged(f"epoch {epoch}: loss {loss}, {monitor} {metrics[monitor]}: the model diverged "
                                        f"(lr {self.config.lr:g} may be too high)")
             history.append(metrics)
-            improved = metrics[MONITOR] > best_value
+            improved = metrics[monitor] > best_value
             if improved:
                 self.parallel.gather_owned(self.optimizer)  # the whole model, for its checkpoint
-                best_value, best_epoch = metrics[MONITOR], epoch
+                best_value, best_epoch = metrics[monitor], epoch
                 best_state = copy.deepcopy(self.model.state_dict())
                 if checkpoint_path:
                     checkpoints.save(self.checkpoint(epoch, metrics), checkpoint_path)
@@ -285,8 +301,9 @@ class Trainer:
 
 def print_epoch(report: EpochReport) -> None:
     m = report.metrics
-    print(f"epoch {report.epoch:3d}  loss {m['loss']:.4f}  valid hr@10 {m['valid/sampled/hr@10']:.4f}  "
-          f"ndcg@10 {m['valid/sampled/ndcg@10']:.4f}  {m['seconds']:.1f}s{'  *' if report.improved else ''}",
+    shown = "  ".join(f"valid {protocol} hr@10 {m[f'valid/{protocol}/hr@10']:.4f} ndcg@10 {m[f'valid/{protocol}/ndcg@10']:.4f}"
+                      for protocol in PROTOCOLS if f"valid/{protocol}/ndcg@10" in m)
+    print(f"epoch {report.epoch:3d}  loss {m['loss']:.4f}  {shown}  {m['seconds']:.1f}s{'  *' if report.improved else ''}",
           flush=True)
 
 

@@ -79,7 +79,7 @@ def test_ctrl_c_and_sigterm_stop_the_search_and_say_how_to_continue(tmp_path):
 
 def progress_bests(output: str) -> list[float]:
     """The best validation nDCG@10 of each progress line, in order."""
-    return [float(value) for value in re.findall(r"\| best valid nDCG@10 ([0-9.]+) ", output)]
+    return [float(value) for value in re.findall(r"\| best sampled nDCG@10 ([0-9.]+) ", output)]
 
 
 def test_ctrl_c_while_every_trial_runs_is_an_interrupt_not_a_finished_search(tmp_path):

@@ -17,12 +17,13 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from tensorboardX.proto import event_pb2
 
-from lrml.train import MONITOR
+from lrml.train import monitor_key
 from lrml_tune.sweep.watch import mlflow_name
 
 pytestmark = pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
 
 TUNE = REPO / "tune"
+FULL = monitor_key("full")  # what the end-to-end search selects on
 
 
 def run_script(script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -33,9 +34,10 @@ def run_script(script: str, *args: str, timeout: int = 900) -> subprocess.Comple
 
 
 def test_search_then_best_against_tuned_baselines(tmp_path):
-    """On ml-100k, whose 1,682 items make EASE's solves fast."""
+    """On ml-100k, whose 1,682 items make EASE's solves fast; selecting on full-ranking validation, which every
+    step from the trials to EASE's weight and the retrains' choice must follow."""
     storage = tmp_path / "ray"
-    search = run_script("search.py", "--num-samples", "4", "--max-epochs", "2", "--name", "e2e-lrml",
+    search = run_script("search.py", "--num-samples", "4", "--max-epochs", "2", "--name", "e2e-lrml", "--metric", "full",
                         "--storage-path", str(storage), "--mlflow", "--dataset", "ml-100k", "--data-dir",
                         str(require(ML_100K)))
     assert "best trial" in search.stdout and "next: python tune/best.py" in search.stdout
@@ -47,10 +49,11 @@ def test_search_then_best_against_tuned_baselines(tmp_path):
     # the usual tools: TensorBoard files per trial, MLflow runs, the Optuna study (below)
     for trial in storage.glob("e2e-lrml/run_trial_*"):
         (events,) = trial.glob("events.out.tfevents.*")
-        assert len(tensorboard_scalars(events)["ray/tune/valid/sampled/ndcg_10"]) >= 1  # TensorBoard writes @ as _
+        scalars = tensorboard_scalars(events)  # TensorBoard writes @ as _; both protocols, every epoch
+        assert len(scalars["ray/tune/valid/sampled/ndcg_10"]) == len(scalars["ray/tune/valid/full/ndcg_10"]) >= 1
     mlflow = MlflowClient(f"sqlite:///{storage / 'e2e-lrml' / 'mlflow.db'}")
     runs = mlflow.search_runs([mlflow.get_experiment_by_name("e2e-lrml").experiment_id])
-    assert len(runs) == 4 and all(mlflow_name(MONITOR) in run.data.metrics for run in runs)
+    assert len(runs) == 4 and all(mlflow_name(FULL) in run.data.metrics for run in runs)
     record = json.loads((storage / "e2e-lrml" / "lrml_search.json").read_text())
     assert record["outcome"]["trials"] == 4 and record["outcome"]["errors"] == 0
     assert record["settings"]["searcher"] == "tpe" and record["settings"]["scheduler"] == "asha"
@@ -83,14 +86,15 @@ def test_search_then_best_against_tuned_baselines(tmp_path):
         # two distinct configurations, each retrained with seeds 1-3; the chosen one has the best mean validation
         candidates = row["candidates"]
         assert len(candidates) == 2 and row["trial"] == candidates[0]["trial"]
-        means = [candidate["runs"]["valid"]["sampled"]["ndcg@10"]["mean"] for candidate in candidates]
+        means = [candidate["runs"]["valid"]["full"]["ndcg@10"]["mean"] for candidate in candidates]
         assert means[0] >= means[1] and all(len(c["runs"]["test"]["full"]["ndcg@10"]["values"]) == 3 for c in candidates)
         # the chosen checkpoint's validation number is the one the search reported for that trial's best epoch
-        reported = searched.loc[searched["trial_id"] == row["trial"], MONITOR].item()
-        assert row["valid"]["sampled"]["ndcg@10"] == pytest.approx(reported, abs=1e-6)
+        reported = searched.loc[searched["trial_id"] == row["trial"], FULL].item()
+        assert row["valid"]["full"]["ndcg@10"] == pytest.approx(reported, abs=1e-6)
         assert row["defaults"]["config"]["max_epochs"] == 2 and len(row["defaults"]["test"]["sampled"]["mrr"]["values"]) == 3
     tried = {float(weight): value for weight, value in evaluation["ease"]["tried"].items()}  # JSON keys are text
     assert evaluation["ease"]["config"]["reg_weight"] == max(tried, key=tried.get) and len(tried) == 15
+    assert max(tried.values()) == pytest.approx(evaluation["ease"]["valid"]["full"]["ndcg@10"], abs=1e-9)
     for row in evaluation.values():
         for protocol in ("sampled", "full"):
             ndcg = row["test"][protocol]["ndcg@10"]

@@ -100,6 +100,22 @@ def test_same_seed_same_run(small_dataset):
     assert first.history[0][MONITOR] == second.history[0][MONITOR]
 
 
+def test_the_monitor_picks_the_protocol_early_stopping_and_the_best_epoch_follow(small_dataset):
+    both = replace(defaults("bpr"), max_epochs=6, patience=6, monitor="full", validate_both=True)
+    trainer = Trainer(both, small_dataset)
+    result = trainer.fit(final_eval=False)
+    full = [epoch["valid/full/ndcg@10"] for epoch in result.history]
+    sampled = [epoch["valid/sampled/ndcg@10"] for epoch in result.history]
+    assert np.argmax(full) != np.argmax(sampled)  # this run's protocols peak at different epochs (4 and 6)
+    assert result.best_epoch == 1 + int(np.argmax(full))
+    # the model ends at that epoch: its full-ranking validation is the one reported for it
+    assert trainer.evaluator.evaluate(trainer.model, "valid")["full"]["ndcg@10"] == pytest.approx(max(full), abs=1e-9)
+    alone = Trainer(replace(both, validate_both=False), small_dataset).fit(final_eval=False)
+    assert [set(epoch) for epoch in alone.history] == [set(epoch) - {k for k in epoch if k.startswith("valid/sampled/")}
+                                                       for epoch in result.history]
+    assert [epoch["valid/full/ndcg@10"] for epoch in alone.history] == full  # validating more changes no training
+
+
 def test_cli_writes_metrics_json(tmp_path, capsys):
     out = tmp_path / "metrics.json"
     assert main(["--model", "bpr", "--max-epochs", "2", "--metrics-out", str(out)]) == 0

@@ -1,5 +1,5 @@
 """The baselines' searches beside an LRML search: CML and BPR-MF searched with LRML's budget (the same data,
-trials, epochs, patience, seed and strategy, ``same_budget``), found where they lie or described to be run."""
+trials, epochs, patience, seed, strategy and selection metric, ``same_budget``), found where they lie or described to be run."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -13,11 +13,12 @@ BASELINES = ("cml", "bpr")
 
 
 def same_budget(first: SearchRecord, second: SearchRecord) -> bool:
-    """Whether two searches had the same data, trials, epochs, patience, seed and strategy (the model may differ)."""
+    """Whether two searches had the same data, trials, epochs, patience, seed, strategy and selection metric (the
+    model may differ)."""
     def budget(record: SearchRecord) -> tuple:
         s = record.settings
         return (record.fingerprint, s.num_samples, s.max_epochs, s.patience, s.grace_epochs, s.seed, s.searcher,
-                s.scheduler)
+                s.scheduler, s.metric)
     return budget(first) == budget(second)
 
 

@@ -33,20 +33,21 @@ class RayTasks:
 
 
 @ray.remote(num_cpus=1)
-def _ease_score(weight: float, dataset: DatasetRef, gram) -> tuple[float, str]:
-    """Validation nDCG@10 of EASE at ``weight``, solved from ``X^T X`` (``gram``, from the object store)."""
+def _ease_score(weight: float, dataset: DatasetRef, gram, protocol: str) -> tuple[float, str]:
+    """Validation nDCG@10 in ``protocol`` of EASE at ``weight``, solved from ``X^T X`` (``gram``, from the object
+    store)."""
     data = load_dataset(dataset.prepared_path())
     model = make_model(data, training_matrix(data), weight)
     model.solve(torch.tensor(gram))  # a writable copy: the object store's array is read-only
-    return Evaluator(data).evaluate(model, "valid", ("sampled",))["sampled"][METRIC], node_ip()
+    return Evaluator(data).evaluate(model, "valid", (protocol,))[protocol][METRIC], node_ip()
 
 
 class RaySolves:
     """``ease_grid.tune_ease``'s solver on the connected cluster: a round's weights solved at once, one task each;
     the chosen weight solved again here. ``nodes`` holds where the solves ran."""
 
-    def __init__(self, dataset: Dataset, where: DatasetRef):
-        self.dataset, self.where = dataset, where
+    def __init__(self, dataset: Dataset, where: DatasetRef, protocol: str = "sampled"):
+        self.dataset, self.where, self.protocol = dataset, where, protocol
         self.seen = training_matrix(dataset)
         self.gram = make_model(dataset, self.seen, 1.0).gram()
         self.gram_ref = ray.put(self.gram.numpy())
@@ -54,7 +55,7 @@ class RaySolves:
         self.nodes: set[str] = set()
 
     def scores(self, weights: list[float]) -> list[float]:
-        found = ray.get([_ease_score.options(memory=self.memory).remote(weight, self.where, self.gram_ref)
+        found = ray.get([_ease_score.options(memory=self.memory).remote(weight, self.where, self.gram_ref, self.protocol)
                          for weight in weights])
         self.nodes.update(node for _, node in found)
         return [score for score, _ in found]

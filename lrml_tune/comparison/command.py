@@ -32,7 +32,7 @@ from lrml import cli
 from lrml.data import Dataset, load_dataset, prepare
 from lrml.errors import UserError
 from lrml.evaluate import Evaluator
-from lrml.train import MONITOR, TrainConfig, Trainer, defaults
+from lrml.train import TrainConfig, Trainer, defaults
 from lrml_tune import sweep
 from lrml_tune.comparison import selection
 from lrml_tune.comparison.baseline_searches import BASELINES, baseline_settings, find_baseline
@@ -121,7 +121,7 @@ def searched_result(model: str, experiment: Experiment, dataset: Dataset, evalua
         found = selection.candidates(experiment, candidates, str(dataset.path), store, runner)
     else:
         top = experiment.trials[0]
-        found = [selection.Candidate(top.trial_id, top.config, top.valid[MONITOR], {})]
+        found = [selection.Candidate(top.trial_id, top.config, top.valid[experiment.monitor], {})]
     chosen = found[0]
     network = selection.load_trial(experiment, chosen.trial, dataset.fingerprint, scratch)
     result = evaluate(network, evaluator, model, experiment.name, chosen.trial, chosen.config)
@@ -129,20 +129,20 @@ def searched_result(model: str, experiment: Experiment, dataset: Dataset, evalua
     result.notes = selection.notes_for(experiment, chosen)
     if retrain:
         result.defaults = selection.defaults_runs(model, defaults_epochs, max(settings.patience, TrainConfig.patience),
-                                                str(dataset.path), store, runner)
+                                                  settings.metric, str(dataset.path), store, runner)
     return result
 
 
-def ease_result(dataset: Dataset, evaluator: Evaluator, solves=None) -> ModelResult | None:
-    """EASE with its weight tuned on validation (each weight solved by ``solves``: by default here), beside one
-    fit of its default weight; None, saying why, when its items x items matrices do not fit in this machine's
-    memory."""
+def ease_result(dataset: Dataset, evaluator: Evaluator, protocol: str, solves=None) -> ModelResult | None:
+    """EASE with its weight tuned on validation nDCG@10 in ``protocol`` (each weight solved by ``solves``: by
+    default here), beside one fit of its default weight; None, saying why, when its items x items matrices do not
+    fit in this machine's memory."""
     too_large = fits_in_memory(dataset)
     if too_large:
         print(f"EASE left out: {too_large}", file=sys.stderr, flush=True)
         return None
-    print("EASE: searching its weight on validation", flush=True)
-    model, grid = tune_ease(dataset, evaluator, solves)
+    print(f"EASE: searching its weight on validation ({protocol})", flush=True)
+    model, grid = tune_ease(dataset, evaluator, solves, protocol)
     result = evaluate(model, evaluator, "ease", "best.py", None, {"reg_weight": grid.best})
     result.tried = grid.tried
     if grid.edge():
@@ -220,7 +220,8 @@ def run(argv: list[str]) -> int:
                                                defaults_epochs, Path(scratch), store, runner))
                 print(f"{LABELS[model]} (trial {results[-1].trial}): test sampled ndcg@10 "
                       f"{results[-1].test['sampled']['ndcg@10']['mean']:.4f}", flush=True)
-            ease = ease_result(dataset, evaluator, RaySolves(dataset, where) if where else None)
+            metric = record.settings.metric
+            ease = ease_result(dataset, evaluator, metric, RaySolves(dataset, where, metric) if where else None)
     results += [ease] if ease else []
     popularity = Trainer(defaults("pop"), dataset)
     popularity.fit(final_eval=False)

@@ -19,11 +19,10 @@ import torch
 from lrml.baselines import EASE, EASEConfig
 from lrml.data import Dataset
 from lrml.evaluate import Evaluator
-from lrml.train import MONITOR
 
 GRID = tuple(10.0 ** (step / 2) for step in range(11))  # 1, 3.16, 10, ..., 10^5
 REFINEMENTS = (0.25, 0.125)  # decades either side of the best so far, in turn
-METRIC = MONITOR.rsplit("/", 1)[-1]
+METRIC = "ndcg@10"  # on validation, in the protocol the searches selected on
 
 
 @dataclass
@@ -61,11 +60,11 @@ def fits_in_memory(dataset: Dataset) -> str | None:
 
 
 class LocalSolves:
-    """Each weight solved on this machine in turn (a solve takes every core); the best model so far is kept, so
-    the chosen one is not solved again."""
+    """Each weight solved on this machine in turn (a solve takes every core) and scored in ``protocol``; the best
+    model so far is kept, so the chosen one is not solved again."""
 
-    def __init__(self, dataset: Dataset, evaluator: Evaluator):
-        self.dataset, self.evaluator = dataset, evaluator
+    def __init__(self, dataset: Dataset, evaluator: Evaluator, protocol: str = "sampled"):
+        self.dataset, self.evaluator, self.protocol = dataset, evaluator, protocol
         self.seen = training_matrix(dataset)
         self.gram = make_model(dataset, self.seen, GRID[0]).gram()
         self.kept: tuple[float, EASE] | None = None  # (validation metric, model): each holds items x items floats
@@ -75,7 +74,7 @@ class LocalSolves:
         for weight in weights:
             model = make_model(self.dataset, self.seen, weight)
             model.solve(self.gram)
-            found.append(self.evaluator.evaluate(model, "valid", ("sampled",))["sampled"][METRIC])
+            found.append(self.evaluator.evaluate(model, "valid", (self.protocol,))[self.protocol][METRIC])
             if self.kept is None or found[-1] > self.kept[0]:  # the first of equal scores, as tune_ease picks
                 self.kept = (found[-1], model)
         return found
@@ -88,11 +87,11 @@ class LocalSolves:
         return model
 
 
-def tune_ease(dataset: Dataset, evaluator: Evaluator, solves=None) -> tuple[EASE, EASESearch]:
-    """The EASE of the best weight on validation, and the search that found it; ``solves`` scores a round's
-    weights (default: ``LocalSolves``)."""
+def tune_ease(dataset: Dataset, evaluator: Evaluator, solves=None, protocol: str = "sampled") -> tuple[EASE, EASESearch]:
+    """The EASE of the best weight on validation nDCG@10 in ``protocol``, and the search that found it; ``solves``
+    scores a round's weights (default: ``LocalSolves`` in ``protocol``)."""
     started = time.perf_counter()
-    solves = solves or LocalSolves(dataset, evaluator)
+    solves = solves or LocalSolves(dataset, evaluator, protocol)
     tried: dict[float, float] = {}
 
     def try_round(log_weights: list[float]) -> None:
@@ -100,7 +99,7 @@ def tune_ease(dataset: Dataset, evaluator: Evaluator, solves=None) -> tuple[EASE
                    if weight not in tried]
         for weight, value in zip(weights, solves.scores(weights)):
             tried[weight] = value
-            print(f"  EASE reg_weight {weight:10.3f}: valid nDCG@10 {value:.4f}", flush=True)
+            print(f"  EASE reg_weight {weight:10.3f}: valid {protocol} nDCG@10 {value:.4f}", flush=True)
 
     try_round([math.log10(weight) for weight in GRID])
     for step in REFINEMENTS:

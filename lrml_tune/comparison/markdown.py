@@ -4,12 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def write_section(path: Path, start: str, end: str, lines: list[str]) -> None:
-    """Put ``lines`` (the markers included) in place of the text from ``start`` to ``end``, or append them."""
-    text = path.read_text() if path.exists() else ""
+def replace_section(text: str, start: str, end: str, lines: list[str]) -> str:
+    """``text`` with ``lines`` (the markers included) in place of its part from ``start`` to ``end``, or appended."""
     if start in text:
         before, rest = text.split(start, 1)
-        text = before + "\n".join(lines) + rest.split(end, 1)[1]
-    else:
-        text += "\n" + "\n".join(lines) + "\n"
-    path.write_text(text)
+        return before + "\n".join(lines) + rest.split(end, 1)[1]
+    return text + "\n" + "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, start: str, end: str, lines: list[str]) -> None:
+    """Put ``lines`` in place of the file's section from ``start`` to ``end``, or append them."""
+    path.write_text(replace_section(path.read_text() if path.exists() else "", start, end, lines))

@@ -11,7 +11,6 @@ import pandas as pd
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lrml.train import MONITOR  # noqa: E402
 from lrml_tune.comparison.model_result import LABELS, ModelResult, drop  # noqa: E402
 from lrml_tune.comparison.selection import RETRAIN_SEEDS  # noqa: E402
 from lrml_tune.comparison.stats import RESAMPLES  # noqa: E402
@@ -34,8 +33,9 @@ def write_summary(out: Path, records: dict[str, SearchRecord], results: list[Mod
              f"Dataset **{lrml.dataset}** (prepared fingerprint `{records['lrml'].fingerprint}`), search seed "
              f"{lrml.seed}. Each searched model: {lrml.num_samples} trials of up to {lrml.max_epochs} epochs "
              f"(patience {lrml.patience}), {lrml.searcher} searcher, {lrml.scheduler} scheduler (grace period "
-             f"{lrml.grace_epochs}), {lrml.workers_per_trial} worker(s) per trial. EASE: its one weight searched "
-             "on validation by `tune/best.py`. Popularity: nothing to tune.", ""]
+             f"{lrml.grace_epochs}), {lrml.workers_per_trial} worker(s) per trial, selecting on validation nDCG@10 "
+             f"({lrml.metric}). EASE: its one weight searched on the same validation metric by `tune/best.py`. "
+             "Popularity: nothing to tune.", ""]
     for model, record in records.items():
         outcome = record.outcome
         if outcome is not None:
@@ -44,17 +44,17 @@ def write_summary(out: Path, records: dict[str, SearchRecord], results: list[Mod
     if missing:
         lines.append(f"- Not compared: {', '.join(missing)} (no search with this budget was found).")
     lines += ["", PROTOCOL, "", "## Test metrics of each model's chosen checkpoint", "",
-              "| model | trial | valid nDCG@10 | sampled HR@10 | sampled nDCG@10 | p vs LRML | full HR@10 | "
-              "full nDCG@10 | p vs LRML |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+              f"| model | trial | valid nDCG@10 ({lrml.metric}) | sampled HR@10 | sampled nDCG@10 | p vs LRML | "
+              "full HR@10 | full nDCG@10 | p vs LRML |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        cells = [r.label, r.trial or "", f"{r.valid['sampled']['ndcg@10']:.4f}"]
+        cells = [r.label, r.trial or "", f"{r.valid[lrml.metric]['ndcg@10']:.4f}"]
         for protocol in ("sampled", "full"):
             cells += [_with_ci(r.test[protocol]["hr@10"]), _with_ci(r.test[protocol]["ndcg@10"]),
                       _p(r.p_values.get("lrml", {}).get(protocol))]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Brackets: 95% percentile bootstrap interval over the {users} test users ({RESAMPLES:,} resamples). "
               f"p: two-sided paired randomisation test on per-user nDCG@10 ({RESAMPLES:,} sign flips).", ""]
-    lines += tuned_against_defaults(results) + selection(results) + ["## Verdict", "", *verdict(results), ""]
+    lines += tuned_against_defaults(results) + selection(results, lrml.metric) + ["## Verdict", "", *verdict(results), ""]
     warned = [(r.label, note) for r in results for note in r.notes]
     if warned:
         lines += ["## Warnings", ""] + [f"- {label}: {note}" for label, note in warned] + [""]
@@ -64,9 +64,10 @@ def write_summary(out: Path, records: dict[str, SearchRecord], results: list[Mod
             shown = r.config if r.model not in records else {name: r.config[name] for name in _fields(records[r.model])
                                                              if name in r.config}
             lines.append(f"- {r.label}: " + ", ".join(f"`{name}={_short(value)}`" for name, value in shown.items()))
-    found = importances(lrml_trials, records["lrml"].space)
+    found = importances(lrml_trials, records["lrml"].space, lrml.monitor)
     if found:
-        lines += ["", "LRML hyperparameter importance (Optuna PED-ANOVA over its trials' best validation nDCG@10): "
+        lines += ["", f"LRML hyperparameter importance (Optuna PED-ANOVA over its trials' best validation nDCG@10, "
+                  f"{lrml.metric}): "
                   + ", ".join(f"{name} {value:.2f}" for name, value in found.items())]
     lines += ["", "![optimisation history](optimization_history.png)", "", "![hyperparameters](hyperparameters.png)", ""]
     (out / "summary.md").write_text("\n".join(lines))
@@ -94,22 +95,23 @@ def tuned_against_defaults(results: list[ModelResult]) -> list[str]:
     return lines + [""]
 
 
-def selection(results: list[ModelResult]) -> list[str]:
-    """How each search's configuration was chosen, and how far it fell from validation to test."""
+def selection(results: list[ModelResult], metric: str) -> list[str]:
+    """How each search's configuration was chosen (on validation nDCG@10 in ``metric``), and how far it fell from
+    validation to test."""
     searched = [r for r in results if r.candidates]
     if not searched:
         return []
     lines = ["## How each configuration was chosen", "",
              f"The search's top {max(len(r.candidates) for r in searched)} distinct configurations by validation "
-             f"nDCG@10, each retrained with seeds {', '.join(map(str, RETRAIN_SEEDS))}; the best mean validation "
-             "nDCG@10 is chosen (first row). Drop: validation minus test, sampled nDCG@10.", "",
+             f"nDCG@10 ({metric}), each retrained with seeds {', '.join(map(str, RETRAIN_SEEDS))}; the best mean "
+             f"validation nDCG@10 ({metric}) is chosen (first row). Drop: validation minus test, sampled nDCG@10.", "",
              "| model | trial | search's valid | retrains' valid | retrains' test, sampled | retrains' test, full |",
              "|---|---|---:|---:|---:|---:|"]
     for r in searched:
         for index, candidate in enumerate(r.candidates):
             runs = candidate.runs
             lines.append(f"| {r.label if index == 0 else ''} | {candidate.trial}{' (chosen)' if index == 0 else ''} | "
-                         f"{candidate.search_valid:.4f} | {_mean_sd(runs['valid']['sampled']['ndcg@10'])} | "
+                         f"{candidate.search_valid:.4f} | {_mean_sd(runs['valid'][metric]['ndcg@10'])} | "
                          f"{_mean_sd(runs['test']['sampled']['ndcg@10'])} | {_mean_sd(runs['test']['full']['ndcg@10'])} |")
     lines += ["", "| model | drop of the checkpoint | drop over the retrains |", "|---|---:|---:|"]
     for r in searched:
@@ -135,8 +137,9 @@ def verdict(results: list[ModelResult]) -> list[str]:
     return lines
 
 
-def importances(table: pd.DataFrame, space: dict[str, Param]) -> dict[str, float]:
-    """PED-ANOVA importance (Optuna) of each searched field that every trial has, for reaching the top trials."""
+def importances(table: pd.DataFrame, space: dict[str, Param], monitor: str) -> dict[str, float]:
+    """PED-ANOVA importance (Optuna) of each searched field that every trial has, for reaching the top trials by
+    ``monitor``."""
     distributions = {name: distribution for name, distribution in field_distributions(space).items()
                      if name in table and table[name].notna().all()}
     if len(table) < 4 or not distributions:
@@ -144,7 +147,7 @@ def importances(table: pd.DataFrame, space: dict[str, Param]) -> dict[str, float
     study = optuna.create_study(direction="maximize")
     for _, row in table.iterrows():
         params = {name: getattr(row[name], "item", lambda: row[name])() for name in distributions}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(row[MONITOR])))
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=float(row[monitor])))
     return optuna.importance.get_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
 
 
@@ -172,16 +175,18 @@ def _short(value) -> str:
 
 def write_plots(out: Path, searches: dict, results: list[ModelResult]) -> None:
     """optimization_history.png (each search's best-so-far) and hyperparameters.png (LRML's metric by each one)."""
-    popularity = next(r for r in results if r.model == "pop").valid["sampled"]["ndcg@10"]
+    protocol = searches["lrml"].record.settings.metric
+    popularity = next(r for r in results if r.model == "pop").valid[protocol]["ndcg@10"]
     figure, axis = plt.subplots(figsize=(7, 4))
     for index, (model, experiment) in enumerate(searches.items()):
         table = experiment.table()
         order = {trial.trial_id: i for i, trial in enumerate(experiment.analysis.trials)}
         table = table.assign(trial_order=table["trial_id"].map(order)).sort_values("trial_order")
-        axis.scatter(table["trial_order"], table[MONITOR], s=10, color=f"C{index}", alpha=0.5)
-        axis.plot(table["trial_order"], table[MONITOR].cummax(), color=f"C{index}", label=f"{LABELS[model]}: best so far")
+        axis.scatter(table["trial_order"], table[experiment.monitor], s=10, color=f"C{index}", alpha=0.5)
+        axis.plot(table["trial_order"], table[experiment.monitor].cummax(), color=f"C{index}",
+                  label=f"{LABELS[model]}: best so far")
     axis.axhline(popularity, color="grey", linestyle="--", label="popularity")
-    axis.set(xlabel="trial", ylabel="validation nDCG@10 (sampled)", title=f"{out.name}: optimisation history")
+    axis.set(xlabel="trial", ylabel=f"validation nDCG@10 ({protocol})", title=f"{out.name}: optimisation history")
     axis.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(out / "optimization_history.png", dpi=110)
@@ -194,7 +199,7 @@ def write_plots(out: Path, searches: dict, results: list[ModelResult]) -> None:
     figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), sharey=True, squeeze=False)
     for axis, name in zip(axes.flat, searched):
         values = table[name].map(lambda value: str(value) if isinstance(value, (bool, str)) else value)
-        points = axis.scatter(values, table[MONITOR], s=14, c=table["epochs"], cmap="viridis")
+        points = axis.scatter(values, table[lrml.monitor], s=14, c=table["epochs"], cmap="viridis")
         if any(param.kind == "loguniform" for param in lrml.record.space.values() if param.sets == name):
             axis.set_xscale("log")
             axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

@@ -23,7 +23,7 @@ import torch
 
 import lrml
 from lrml.data import data_home, load_dataset, read_manifest
-from lrml.train import MONITOR, TrainConfig, Trainer
+from lrml.train import TrainConfig, Trainer
 
 PROTOCOLS = ("sampled", "full")
 METRICS = ("hr@10", "ndcg@10", "mrr")
@@ -166,7 +166,6 @@ def _spread(values: list[float]) -> dict:
             "values": values}
 
 
-def monitored(runs: dict) -> float:
-    """The mean of the metric the searches select on, from ``spread``'s output."""
-    part, protocol, metric = MONITOR.split("/")
-    return runs[part][protocol][metric]["mean"]
+def monitored(runs: dict, protocol: str) -> float:
+    """The mean validation nDCG@10 in ``protocol`` (the one the searches selected on), from ``spread``'s output."""
+    return runs["valid"][protocol]["ndcg@10"]["mean"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lrml import checkpoint
 from lrml.model import Recommender
-from lrml.train import MONITOR, TrainConfig, defaults
+from lrml.train import TrainConfig, defaults
 from lrml_tune.comparison.retrain import Runner, RunStore, monitored, retrain, spread
 from lrml_tune.sweep import Experiment, TrialSummary
 from lrml_tune.sweep.space import at_edges
@@ -40,24 +40,26 @@ def candidates(experiment: Experiment, count: int, dataset_path: str, store: Run
     finals = retrain([config for group in configs for config in group], dataset_path,
                      f"{experiment.record.settings.model}: {len(top)} configuration(s) x {len(RETRAIN_SEEDS)} seeds", store,
                      runner)
-    found = [Candidate(trial.trial_id, trial.config, trial.valid[MONITOR],
+    found = [Candidate(trial.trial_id, trial.config, trial.valid[experiment.monitor],
                        spread(finals[index * len(RETRAIN_SEEDS):(index + 1) * len(RETRAIN_SEEDS)]))
              for index, trial in enumerate(top)]
-    return sorted(found, key=lambda candidate: -monitored(candidate.runs)) if finals else found
+    metric = experiment.record.settings.metric
+    return sorted(found, key=lambda candidate: -monitored(candidate.runs, metric)) if finals else found
 
 
 def train_config(experiment: Experiment, trial: TrialSummary) -> TrainConfig:
     """The full training configuration of a trial: the model's defaults with the search's budget and the trial's
     searched values."""
     s = experiment.record.settings
-    return replace(defaults(s.model), max_epochs=s.max_epochs, patience=s.patience, **trial.config)
+    return replace(defaults(s.model), max_epochs=s.max_epochs, patience=s.patience, monitor=s.metric, **trial.config)
 
 
-def defaults_runs(model: str, max_epochs: int, patience: int, dataset_path: str, store: RunStore | None = None,
-                  runner: Runner | None = None) -> dict:
+def defaults_runs(model: str, max_epochs: int, patience: int, monitor: str, dataset_path: str,
+                  store: RunStore | None = None, runner: Runner | None = None) -> dict:
     """The model's defaults (``lrml.train.DEFAULTS``) trained to convergence with ``RETRAIN_SEEDS`` on ``runner``:
-    what not searching gives. ``max_epochs`` and ``patience`` are the search's, or more."""
-    config = replace(defaults(model), max_epochs=max_epochs, patience=patience)
+    what not searching gives. ``max_epochs``, ``patience`` and ``monitor`` (the protocol early stopping follows)
+    are the search's, or more epochs."""
+    config = replace(defaults(model), max_epochs=max_epochs, patience=patience, monitor=monitor)
     finals = retrain([replace(config, seed=seed) for seed in RETRAIN_SEEDS], dataset_path, f"{model} defaults", store, runner)
     return {"config": asdict(config), **spread(finals)}
 

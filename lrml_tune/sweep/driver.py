@@ -182,7 +182,8 @@ def _search(settings: SearchSettings, space: dict[str, Param], resume: bool) -> 
               f"nothing is summarised. Continue it with:\n  {continue_command(settings)}", file=sys.stderr)
         return 128 + (signals[-1] if signals else signal.SIGINT)
     prune_superseded(results)
-    outcome = summarize(results, now - started, search_started_at, now - search_started, concurrency)
+    outcome = summarize(results, settings.monitor, now - started, search_started_at, now - search_started,
+                        concurrency)
     replace(record, outcome=outcome).write()
     print_outcome(outcome, record)
     return 0 if outcome.best_trial is not None else 1

@@ -12,15 +12,14 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import ExperimentAnalysis
 
-from lrml.train import MONITOR
 from lrml_tune.sweep.record import SearchRecord
 from lrml_tune.sweep.storage import filesystem, resolved
 from lrml_tune.sweep.trainable import CHECKPOINT_FILE
 
 
-def best_epoch_row(frame: pd.DataFrame) -> pd.Series:
-    """The reported epoch with the highest validation nDCG@10."""
-    return frame.loc[frame[MONITOR].idxmax()]
+def best_epoch_row(frame: pd.DataFrame, monitor: str) -> pd.Series:
+    """The reported epoch with the highest ``monitor`` (a validation nDCG@10)."""
+    return frame.loc[frame[monitor].idxmax()]
 
 
 def valid_metrics(row: pd.Series) -> dict[str, float]:
@@ -42,14 +41,16 @@ class TrialSummary:
 
 
 class Experiment:
-    """A search's folder or URI, with its trials that did not fail ranked by their best validation nDCG@10."""
+    """A search's folder or URI, with its trials that did not fail ranked by their best validation nDCG@10 in
+    the protocol the search selected on (``monitor``)."""
 
     def __init__(self, location: str):
         self.location = resolved(location)
         self.filesystem, self.fs_path = filesystem(self.location)
         self.record = SearchRecord.read(self.location)
+        self.monitor = self.record.settings.monitor
         self.analysis = ExperimentAnalysis(self.fs_path, storage_filesystem=self.filesystem,
-                                           default_metric=MONITOR, default_mode="max")
+                                           default_metric=self.monitor, default_mode="max")
         self.trials = self._summaries()
 
     @property
@@ -63,13 +64,13 @@ class Experiment:
             if trial.status == "ERROR":
                 continue  # a trial that failed (diverged, say) is never a candidate, however good it looked before
             frame = frames.get(trial.trial_id)
-            if frame is None or MONITOR not in frame or frame[MONITOR].isna().all():
+            if frame is None or self.monitor not in frame or frame[self.monitor].isna().all():
                 continue
-            best = best_epoch_row(frame)
+            best = best_epoch_row(frame, self.monitor)
             summaries.append(TrialSummary(
                 trial.trial_id, dict(trial.config), trial.status, int(frame["epoch"].max()), int(best["epoch"]),
                 valid_metrics(best), self._checkpoint(frame, trial)))
-        return sorted(summaries, key=lambda s: s.valid[MONITOR], reverse=True)
+        return sorted(summaries, key=lambda s: s.valid[self.monitor], reverse=True)
 
     def _checkpoint(self, frame: pd.DataFrame, trial) -> str | None:
         """Where the trial's last checkpoint (the best epoch: one is written only on improvement) lies now.

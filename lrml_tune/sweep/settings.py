@@ -11,7 +11,7 @@ from lrml.data import get_release
 from lrml.data.synthetic import is_synthetic, synthetic_shape
 from lrml.errors import UserError
 from lrml.options import arguments, check_values, flag_name, option
-from lrml.train import MODELS, TrainConfig
+from lrml.train import MODELS, PROTOCOLS, TrainConfig, monitor_key
 from lrml_tune.sweep.space import default_space_file
 from lrml_tune.sweep.stopping import DEFAULT_GRACE_PERIOD, DEFAULT_SCHEDULER, SCHEDULERS
 from lrml_tune.sweep.storage import resolved
@@ -41,6 +41,9 @@ class SearchSettings:
     max_epochs: int = option(TrainConfig.max_epochs, "epochs a trial may train if not stopped", at_least=1)
     patience: int = option(TrainConfig.patience, "a trial ends after this many epochs without a better validation "
                                                  "nDCG@10", at_least=1)
+    metric: str = option(TrainConfig.monitor, "the validation nDCG@10 that chooses the best trial and stops trials "
+                                              "early: the held-out item among 100 sampled items, or among every "
+                                              "item; every trial reports both every epoch", choices=PROTOCOLS)
     searcher: str = option(DEFAULT_SEARCHER, "how configurations are proposed", choices=SEARCHERS)
     scheduler: str = option(DEFAULT_SCHEDULER, "how weak trials are stopped early", choices=SCHEDULERS)
     grace_period: int | None = option(None, f"epochs every trial gets before it may be stopped (default "
@@ -95,6 +98,11 @@ class SearchSettings:
     @property
     def experiment(self) -> str:
         return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    @property
+    def monitor(self) -> str:
+        """The reported metric the search selects on and stops trials by (``--metric``'s validation nDCG@10)."""
+        return monitor_key(self.metric)
 
     @property
     def grace_epochs(self) -> int:

@@ -35,7 +35,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from lrml import checkpoint as checkpoints
 from lrml.data import Dataset, Shard, load_dataset, prepare, read_manifest
 from lrml.parallel import Collective, SingleProcess
-from lrml.train import MONITOR, EpochReport, TrainConfig, Trainer
+from lrml.train import EpochReport, TrainConfig, Trainer, monitor_key
 
 CHECKPOINT_FILE = "model.pt"
 NODE_ID_LABEL = "ray.io/node-id"  # the label Ray gives every node, its id
@@ -183,8 +183,8 @@ def _fit_torch_trainer(config: TrainConfig, spec: TrialSpec) -> None:
                                      resources_per_worker={"CPU": spec.cpus_per_worker,
                                                            **({"GPU": spec.gpus_per_worker} if spec.gpus_per_worker else {})}),
         run_config=RunConfig(name=trial_id, storage_path=spec.train_storage, callbacks=[TuneReportCallback()],
-                             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=MONITOR,
-                                                                checkpoint_score_order="max"),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_order="max",
+                                                                checkpoint_score_attribute=monitor_key(config.monitor)),
                              # bounded: workers that cannot start fail the trial after max_failures more tries
                              failure_config=FailureConfig(max_failures=spec.max_failures,
                                                           controller_failure_limit=spec.max_failures))).fit()

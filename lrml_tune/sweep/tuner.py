@@ -6,7 +6,7 @@ from dataclasses import replace
 from ray import tune
 
 from lrml.errors import UserError
-from lrml.train import MONITOR, defaults
+from lrml.train import defaults
 from lrml_tune.sweep.experiment import best_epoch_row, valid_metrics
 from lrml_tune.sweep.faults import Reserve, StorageWatch
 from lrml_tune.sweep.pruning import CheckpointPruner
@@ -25,7 +25,7 @@ def trial_spec(record: SearchRecord) -> TrialSpec:
     """What every trial shares: the model's defaults with this search's budget and seed, the dataset, resources."""
     settings = record.settings
     base = replace(defaults(settings.model), max_epochs=settings.max_epochs, patience=settings.patience,
-                   seed=settings.seed)
+                   seed=settings.seed, monitor=settings.metric, validate_both=True)
     return TrialSpec(base, DatasetRef(record.dataset_path, settings.dataset, settings.data_dir, record.fingerprint),
                      workers=settings.workers_per_trial, cpus_per_worker=settings.cpus_per_worker,
                      gpus_per_worker=settings.gpus_per_worker, ray_train=settings.workers_per_trial > 1,
@@ -48,14 +48,14 @@ def build_tuner(record: SearchRecord, concurrency: int, resume: bool, reserve: R
         return tune.Tuner.restore(settings.experiment, trainable=trainable, resume_unfinished=True,
                                   restart_errored=True)
     study = create_study(settings.experiment, settings.name, make_sampler(settings.searcher, settings.seed))
-    searcher = StudySearcher(record.space, study, MONITOR, "max", starting_points(settings.model, record.space),
+    searcher = StudySearcher(record.space, study, settings.monitor, "max", starting_points(settings.model, record.space),
                              num_samples=settings.num_samples)
     watch = StorageWatch(settings.storage_path, reserve)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             # the searcher counts the trials (StudySearcher): Tune's counts may be restored from another save
-            metric=MONITOR, mode="max", search_alg=SearcherEndsGenerator(searcher, concurrency),
+            metric=settings.monitor, mode="max", search_alg=SearcherEndsGenerator(searcher, concurrency),
             num_samples=-1,
             scheduler=make_scheduler(settings.scheduler, settings.max_epochs, settings.grace_epochs,
                                      f"{settings.experiment}/{SCHEDULER_STATE_FILE}"),
@@ -66,7 +66,8 @@ def build_tuner(record: SearchRecord, concurrency: int, resume: bool, reserve: R
             # each trial's output goes to stdout and stderr files in its folder, not to the console
             log_to_file=True, sync_config=tune.SyncConfig(sync_artifacts=True),
             # every checkpoint kept by Tune: the pruner deletes superseded ones once no saved state names them
-            callbacks=[ConsoleProgress(settings.num_samples), watch, CheckpointPruner(), *logger_callbacks(settings)],
+            callbacks=[ConsoleProgress(settings.num_samples, settings.monitor), watch, CheckpointPruner(),
+                       *logger_callbacks(settings)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
 
@@ -77,18 +78,18 @@ def finished(results: tune.ResultGrid) -> int:
     return sum(1 for result in results if result.error is not None or (result.metrics or {}).get("done", False))
 
 
-def summarize(results: tune.ResultGrid, wall_seconds: float, search_started_at: float, search_seconds: float,
-              concurrency: int) -> SearchOutcome:
-    """The best trial over all its epochs (a failed trial never counts), the failed trials and why, and how
-    the search spent its time."""
-    frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and MONITOR in r.metrics_dataframe]
+def summarize(results: tune.ResultGrid, monitor: str, wall_seconds: float, search_started_at: float,
+              search_seconds: float, concurrency: int) -> SearchOutcome:
+    """The best trial by ``monitor`` over all its epochs (a failed trial never counts), the failed trials and why,
+    and how the search spent its time."""
+    frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and monitor in r.metrics_dataframe]
     # a resumed search's results hold its earlier runs' epochs too; Tune stamps each epoch in whole seconds
     this_run = [frame[frame["timestamp"] >= int(search_started_at)] for frame in frames]
     failures = {r.path.rstrip("/").rsplit("/", 1)[-1]: _reason(r.error) for r in results if r.error}
     healthy = [r for r in results if not r.error and r.metrics_dataframe is not None
-               and MONITOR in r.metrics_dataframe and r.metrics_dataframe[MONITOR].notna().any()]
-    best = max(healthy, key=lambda r: r.metrics_dataframe[MONITOR].max(), default=None)
-    row = best_epoch_row(best.metrics_dataframe) if best is not None else None
+               and monitor in r.metrics_dataframe and r.metrics_dataframe[monitor].notna().any()]
+    best = max(healthy, key=lambda r: r.metrics_dataframe[monitor].max(), default=None)
+    row = best_epoch_row(best.metrics_dataframe, monitor) if best is not None else None
     return SearchOutcome(
         trials=len(results), errors=results.num_errors, epochs_trained=int(sum(len(f) for f in frames)),
         wall_seconds=round(wall_seconds, 1), search_started_at=search_started_at,

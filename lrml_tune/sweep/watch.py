@@ -14,7 +14,6 @@ from pathlib import Path
 from ray import tune
 
 from lrml.errors import UserError
-from lrml.train import MONITOR
 from lrml_tune.sweep.settings import SearchSettings
 from lrml_tune.sweep.storage import is_uri
 
@@ -26,10 +25,11 @@ MLFLOW_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TI
 
 
 class ConsoleProgress(tune.Callback):
-    """One line whenever a trial ends: trials done, stopped early, failed and running, the best so far."""
+    """One line whenever a trial ends: trials done, stopped early, failed and running, the best validation
+    ``monitor`` so far."""
 
-    def __init__(self, num_samples: int):
-        self.num_samples = num_samples
+    def __init__(self, num_samples: int, monitor: str):
+        self.num_samples, self.monitor = num_samples, monitor
         self.started = time.monotonic()
 
     def setup(self, **info):
@@ -52,8 +52,9 @@ class ConsoleProgress(tune.Callback):
         minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
         # every trial's best so far, those of a resumed search's earlier runs included (Tune restores them)
         seen = [(value, trial.trial_id) for trial in trials
-                if (value := trial.metric_analysis.get(MONITOR, {}).get("max")) is not None and value == value]
-        best = "best valid nDCG@10 {:.4f} ({})".format(*max(seen)) if seen else "no result yet"
+                if (value := trial.metric_analysis.get(self.monitor, {}).get("max")) is not None and value == value]
+        protocol = self.monitor.split("/")[1]
+        best = f"best {protocol} nDCG@10 {{:.4f}} ({{}})".format(*max(seen)) if seen else "no result yet"
         line = (f"[{minutes:3d}:{seconds:02d}] {len(ended)}/{self.num_samples} done, {stopped} stopped early, "
                 f"{failed} failed, {running} running | {best}")
         print(line[:CONSOLE_WIDTH], flush=True)

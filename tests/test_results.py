@@ -1,0 +1,36 @@
+"""results/tables.py: the committed results pages are what the committed files give, and a number changed by hand
+in either page is caught."""
+import importlib.util
+import re
+import shutil
+
+import pytest
+from conftest import REPO
+
+SPEC = importlib.util.spec_from_file_location("results_tables", REPO / "results" / "tables.py")
+tables = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(tables)
+
+
+def test_the_committed_results_pages_are_a_fresh_build_of_their_files(capsys):
+    assert tables.main(["--check"]) == 0, capsys.readouterr().err
+
+
+def nudged(text: str) -> str:
+    """``text`` with its first four-decimal number's last digit changed, as a hand edit would."""
+    found = re.search(r"0\.\d{4}", text)
+    number = found.group()
+    return text[:found.start()] + number[:-1] + str((int(number[-1]) + 1) % 10) + text[found.end():]
+
+
+@pytest.mark.parametrize("page", ["results/README.md", "README.md"])
+def test_a_number_changed_by_hand_fails_the_check(page, tmp_path, capsys):
+    copy = tmp_path / "repo"
+    shutil.copytree(REPO / "results", copy / "results", ignore=shutil.ignore_patterns("ray"))
+    shutil.copy(REPO / "README.md", copy / "README.md")
+    check = ["--check", "--root", str(copy / "results")]
+    assert tables.main(check) == 0
+    (copy / page).write_text(nudged((copy / page).read_text()))
+    assert tables.main(check) == 1
+    assert f"{copy / page}: differs from what results/tables.py builds" in capsys.readouterr().err
+    assert tables.main(["--root", str(copy / "results")]) == 0 and tables.main(check) == 0  # a build mends it
