@@ -26,6 +26,7 @@ import ray
 from lrml import cli
 from lrml.data import SplitParams, prepare, read_manifest
 from lrml.options import from_flags, parser_for
+from lrml.train import PROTOCOLS
 from lrml_tune.sweep.checks import check_settings, check_storage_shared, storage_warning
 from lrml_tune.sweep.faults import Reserve, StorageFault, probe, storage_fault
 from lrml_tune.sweep.local_ray import LOCAL_NODE_IP, exclusive_local_ray
@@ -241,8 +242,12 @@ def print_outcome(outcome: SearchOutcome, record: SearchRecord) -> None:
     print(f"best trial {outcome.best_trial}: " + ", ".join(
         f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
         for name, value in outcome.best_config.items()))
-    print("validation (sampled, best epoch {}): {}".format(
-        outcome.best_epoch, ", ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in outcome.best_valid.items())))
+    for protocol in PROTOCOLS:
+        found = {key.split("/")[-1]: value for key, value in outcome.best_valid.items() if key.split("/")[1] == protocol}
+        if found:
+            chosen = " (selected on)" if protocol == settings.metric else ""
+            print(f"validation {protocol}{chosen}, best epoch {outcome.best_epoch}: "
+                  + ", ".join(f"{name} {value:.4f}" for name, value in found.items()))
     if outcome.still_improving:
         why = f"--max-epochs {settings.max_epochs}" if outcome.best_epoch == settings.max_epochs else "the scheduler"
         print(f"warning: the best trial was still improving when {why} stopped it at epoch {outcome.best_epoch}")
