@@ -27,6 +27,7 @@ from lrml import cli
 from lrml.data import SplitParams, prepare, read_manifest
 from lrml.options import from_flags, parser_for
 from lrml.train import PROTOCOLS
+from lrml_tune.sweep.budget import BUDGET_FILE, budget_state
 from lrml_tune.sweep.checks import check_settings, check_storage_shared, storage_warning
 from lrml_tune.sweep.faults import Reserve, StorageFault, probe, storage_fault
 from lrml_tune.sweep.local_ray import LOCAL_NODE_IP, exclusive_local_ray
@@ -176,15 +177,17 @@ def _search(settings: SearchSettings, space: dict[str, Param], resume: bool) -> 
                  None) or given_back_for or (probe(settings.storage_path) if failed else None)
     if fault:
         return stopped_by_storage(fault, None, settings)
+    budget = budget_state(f"{settings.experiment}/{BUDGET_FILE}") if settings.time_budget else None
+    ran_out = bool(budget and budget["ran_out"])
     # Tune's count of ended trials; restored trials' last rows need not say ``done``, which ``finished`` reads
-    if signals or results.num_terminated + results.num_errors < settings.num_samples:
+    if signals or not ran_out and results.num_terminated + results.num_errors < settings.num_samples:
         name = signal.Signals(signals[-1]).name if signals else "stopped early"
         print(f"\nsearch interrupted ({name}): {finished(results)} of {settings.num_samples} trials finished; "
               f"nothing is summarised. Continue it with:\n  {continue_command(settings)}", file=sys.stderr)
         return 128 + (signals[-1] if signals else signal.SIGINT)
     prune_superseded(results)
     outcome = summarize(results, settings.monitor, now - started, search_started_at, now - search_started,
-                        concurrency)
+                        concurrency, budget, settings.time_budget_seconds)
     replace(record, outcome=outcome).write()
     print_outcome(outcome, record)
     return 0 if outcome.best_trial is not None else 1

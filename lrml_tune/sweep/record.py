@@ -40,6 +40,9 @@ class SearchOutcome:
     best_valid: dict[str, float]
     failures: dict[str, str] = field(default_factory=dict)  # trial folder -> why it failed
     epochs_this_run: int | None = None  # of epochs_trained, those this command trained (fewer after a --resume)
+    time_budget_seconds: float | None = None  # --time-budget, if the search had one
+    budget_spent_seconds: float | None = None  # of it, spent over every run of the search
+    trials_cut: list[str] = field(default_factory=list)  # the trials running when the budget ran out, stopped then
 
     @property
     def still_improving(self) -> bool:
@@ -56,9 +59,13 @@ class SearchOutcome:
         resumed = self.epochs_this_run is not None and self.epochs_this_run != self.epochs_trained
         ran = f" ({self.epochs_this_run} in the last run, after a resume)" if resumed else ""
         slots = "the last run's" if resumed else "the"
+        budget = "" if self.time_budget_seconds is None else (
+            f"; time budget {self.time_budget_seconds:.0f}s, {self.budget_spent_seconds:.0f}s used over every run"
+            + (f", ran out: {len(self.trials_cut)} running trial(s) stopped" if self.trials_cut
+               or self.budget_spent_seconds >= self.time_budget_seconds else ""))
         return (f"{self.trials} trials ({self.errors} failed), {self.epochs_trained} epochs{ran}; {self.wall_seconds:.0f}s "
                 f"({self.search_seconds:.0f}s searching), {slots} {self.concurrency} trial slot(s) "
-                f"{100 * self.training_share:.0f}% inside training epochs")
+                f"{100 * self.training_share:.0f}% inside training epochs{budget}")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from lrml.data.synthetic import is_synthetic, synthetic_shape
 from lrml.errors import UserError
 from lrml.options import arguments, check_values, flag_name, option
 from lrml.train import MODELS, PROTOCOLS, TrainConfig, monitor_key
+from lrml_tune.sweep.budget import parse_duration
 from lrml_tune.sweep.space import default_space_file
 from lrml_tune.sweep.stopping import DEFAULT_GRACE_PERIOD, DEFAULT_SCHEDULER, SCHEDULERS
 from lrml_tune.sweep.storage import resolved
@@ -44,6 +45,9 @@ class SearchSettings:
     metric: str = option(TrainConfig.monitor, "the validation nDCG@10 that chooses the best trial and stops trials "
                                               "early: the held-out item among 100 sampled items, or among every "
                                               "item; every trial reports both every epoch", choices=PROTOCOLS)
+    time_budget: str | None = option(None, "stop starting trials, and stop the running ones (each keeps its best "
+                                           "checkpoint), once the search has run this long: 90s, 10m, 2h; a "
+                                           "--resume goes on with what is left", metavar="DURATION")
     searcher: str = option(DEFAULT_SEARCHER, "how configurations are proposed", choices=SEARCHERS)
     scheduler: str = option(DEFAULT_SCHEDULER, "how weak trials are stopped early", choices=SCHEDULERS)
     grace_period: int | None = option(None, f"epochs every trial gets before it may be stopped (default "
@@ -76,6 +80,8 @@ class SearchSettings:
     def __post_init__(self):
         """Refuse values no search can run with, naming the flag; make paths absolute and the name explicit."""
         check_values(self)
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
         if self.grace_period is not None and self.grace_period > self.max_epochs:
             raise UserError(f"{self._flag('grace_period')} {self.grace_period} is longer than "
                             f"{self._flag('max_epochs')} {self.max_epochs}")
@@ -98,6 +104,10 @@ class SearchSettings:
     @property
     def experiment(self) -> str:
         return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    @property
+    def time_budget_seconds(self) -> float | None:
+        return parse_duration(self.time_budget) if self.time_budget is not None else None
 
     @property
     def monitor(self) -> str:

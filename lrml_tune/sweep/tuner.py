@@ -7,6 +7,7 @@ from ray import tune
 
 from lrml.errors import UserError
 from lrml.train import defaults
+from lrml_tune.sweep.budget import BUDGET_FILE, TimeBudget
 from lrml_tune.sweep.experiment import best_epoch_row, valid_metrics
 from lrml_tune.sweep.faults import Reserve, StorageWatch
 from lrml_tune.sweep.pruning import CheckpointPruner
@@ -51,6 +52,8 @@ def build_tuner(record: SearchRecord, concurrency: int, resume: bool, reserve: R
     searcher = StudySearcher(record.space, study, settings.monitor, "max", starting_points(settings.model, record.space),
                              num_samples=settings.num_samples)
     watch = StorageWatch(settings.storage_path, reserve)
+    budget = TimeBudget(settings.time_budget_seconds, f"{settings.experiment}/{BUDGET_FILE}") \
+        if settings.time_budget else None
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -66,8 +69,9 @@ def build_tuner(record: SearchRecord, concurrency: int, resume: bool, reserve: R
             # each trial's output goes to stdout and stderr files in its folder, not to the console
             log_to_file=True, sync_config=tune.SyncConfig(sync_artifacts=True),
             # every checkpoint kept by Tune: the pruner deletes superseded ones once no saved state names them
-            callbacks=[ConsoleProgress(settings.num_samples, settings.monitor), watch, CheckpointPruner(),
-                       *logger_callbacks(settings)],
+            callbacks=[ConsoleProgress(settings.num_samples, settings.monitor, budget), watch, CheckpointPruner(),
+                       *([budget] if budget else []), *logger_callbacks(settings)],
+            stop=budget,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
 
@@ -79,9 +83,11 @@ def finished(results: tune.ResultGrid) -> int:
 
 
 def summarize(results: tune.ResultGrid, monitor: str, wall_seconds: float, search_started_at: float,
-              search_seconds: float, concurrency: int) -> SearchOutcome:
+              search_seconds: float, concurrency: int, budget: dict | None = None,
+              budget_seconds: float | None = None) -> SearchOutcome:
     """The best trial by ``monitor`` over all its epochs (a failed trial never counts), the failed trials and why,
-    and how the search spent its time."""
+    how the search spent its time, and its time budget's state (``budget``) where it had one. Trials a budget
+    ended before they started are not counted."""
     frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and monitor in r.metrics_dataframe]
     # a resumed search's results hold its earlier runs' epochs too; Tune stamps each epoch in whole seconds
     this_run = [frame[frame["timestamp"] >= int(search_started_at)] for frame in frames]
@@ -90,8 +96,9 @@ def summarize(results: tune.ResultGrid, monitor: str, wall_seconds: float, searc
                and monitor in r.metrics_dataframe and r.metrics_dataframe[monitor].notna().any()]
     best = max(healthy, key=lambda r: r.metrics_dataframe[monitor].max(), default=None)
     row = best_epoch_row(best.metrics_dataframe, monitor) if best is not None else None
+    started = [r for r in results if r.error or r.metrics_dataframe is not None]
     return SearchOutcome(
-        trials=len(results), errors=results.num_errors, epochs_trained=int(sum(len(f) for f in frames)),
+        trials=len(started), errors=results.num_errors, epochs_trained=int(sum(len(f) for f in frames)),
         wall_seconds=round(wall_seconds, 1), search_started_at=search_started_at,
         search_seconds=round(search_seconds, 1),
         training_seconds=round(sum(float(frame["seconds"].sum()) for frame in this_run), 1), concurrency=concurrency,
@@ -99,7 +106,9 @@ def summarize(results: tune.ResultGrid, monitor: str, wall_seconds: float, searc
         best_config=best.config if best is not None else {}, best_epoch=int(row["epoch"]) if best is not None else 0,
         best_trial_epochs=int(best.metrics_dataframe["epoch"].max()) if best is not None else 0,
         best_valid=valid_metrics(row) if best is not None else {}, failures=failures,
-        epochs_this_run=int(sum(len(frame) for frame in this_run)))
+        epochs_this_run=int(sum(len(frame) for frame in this_run)),
+        time_budget_seconds=budget_seconds, budget_spent_seconds=round(budget["spent"], 1) if budget else None,
+        trials_cut=list(budget["cut"]) if budget and budget["ran_out"] else [])
 
 
 def _reason(error: Exception) -> str:

@@ -14,10 +14,11 @@ from pathlib import Path
 from ray import tune
 
 from lrml.errors import UserError
+from lrml_tune.sweep.budget import TimeBudget
 from lrml_tune.sweep.settings import SearchSettings
 from lrml_tune.sweep.storage import is_uri
 
-CONSOLE_WIDTH = 100
+CONSOLE_WIDTH = 110
 LOG_FILE = "search.log"
 CONNECT_SECONDS = 5
 # MLflow's HTTP client retries a failed request for minutes by default; a search does not wait on tracking
@@ -25,15 +26,25 @@ MLFLOW_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TI
 
 
 class ConsoleProgress(tune.Callback):
-    """One line whenever a trial ends: trials done, stopped early, failed and running, the best validation
-    ``monitor`` so far."""
+    """One line whenever a trial ends: trials done, stopped early, failed and running, an estimate of the time
+    left, the best validation ``monitor`` so far."""
 
-    def __init__(self, num_samples: int, monitor: str):
-        self.num_samples, self.monitor = num_samples, monitor
-        self.started = time.monotonic()
+    def __init__(self, num_samples: int, monitor: str, budget: TimeBudget | None = None):
+        self.num_samples, self.monitor, self.budget = num_samples, monitor, budget
+        self.started, self.ended_before = time.monotonic(), None
 
     def setup(self, **info):
-        self.started = time.monotonic()  # a resumed search counts from its own start
+        self.started, self.ended_before = time.monotonic(), None  # a resumed search counts from its own start
+
+    def time_left(self, ended: int, elapsed: float) -> float | None:
+        """Seconds until the search ends: the trials left at the rate trials have ended in this run, or the budget
+        left if that comes first; None before this run has ended a trial."""
+        done_here = ended - self.ended_before
+        left = (self.num_samples - ended) * elapsed / done_here if done_here > 0 else None
+        if self.budget is not None and self.budget.state is not None:
+            budget_left = max(0.0, self.budget.seconds - self.budget.state["spent"])
+            left = budget_left if left is None else min(left, budget_left)
+        return left
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._print(trials, trial, "TERMINATED")
@@ -49,15 +60,30 @@ class ConsoleProgress(tune.Callback):
         stopped = sum(status == "TERMINATED" and not (trial.last_result or {}).get("last_epoch", True)
                       for trial, status in ended)
         running = sum(trial.status == "RUNNING" for trial in trials if trial is not ending)
-        minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
+        if self.ended_before is None:  # the trials a resumed search's earlier runs ended
+            self.ended_before = len(ended) - 1
+        elapsed = time.monotonic() - self.started
+        minutes, seconds = divmod(int(elapsed), 60)
+        left = self.time_left(len(ended), elapsed)
         # every trial's best so far, those of a resumed search's earlier runs included (Tune restores them)
         seen = [(value, trial.trial_id) for trial in trials
                 if (value := trial.metric_analysis.get(self.monitor, {}).get("max")) is not None and value == value]
         protocol = self.monitor.split("/")[1]
         best = f"best {protocol} nDCG@10 {{:.4f}} ({{}})".format(*max(seen)) if seen else "no result yet"
+        estimate = f", ~{_duration(left)} left" if left is not None and len(ended) < self.num_samples else ""
         line = (f"[{minutes:3d}:{seconds:02d}] {len(ended)}/{self.num_samples} done, {stopped} stopped early, "
-                f"{failed} failed, {running} running | {best}")
+                f"{failed} failed, {running} running{estimate} | {best}")
         print(line[:CONSOLE_WIDTH], flush=True)
+
+
+def _duration(seconds: float) -> str:
+    """``45s``, ``12m`` or ``2h05m``: an estimate's precision."""
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def send_ray_output_to(log_file: Path) -> None:

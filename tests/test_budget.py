@@ -1,0 +1,80 @@
+"""A search that keeps to its time: ``--time-budget`` stops the running trials and counts them, a ``--resume``
+goes on with what is left, and the progress line's estimate of the time left follows the budget."""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from conftest import ML_100K, REPO, require
+from test_faults import start, wait_for
+
+from lrml.errors import UserError
+from lrml_tune.sweep.budget import BUDGET_FILE, budget_state, parse_duration
+from lrml_tune.sweep.experiment import Experiment
+from lrml_tune.sweep.watch import ConsoleProgress
+
+PROGRESS = re.compile(r"^\[ *(\d+):(\d\d)\] (\d+)/\d+ done.*?(?:, ~(\d+)(s|m) left)? \|", re.MULTILINE)
+
+
+def test_durations_read_as_people_write_them():
+    assert [parse_duration(text) for text in ("90s", "10m", "1.5h")] == [90, 600, 5400]
+    for wrong in ("10", "ten minutes", "0m", "-5s", "5d"):
+        with pytest.raises(UserError, match=f"--time-budget '{wrong}'"):
+            parse_duration(wrong)
+
+
+def test_the_time_left_is_the_trials_left_at_this_runs_rate_or_the_budget_left():
+    progress = ConsoleProgress(20, "valid/sampled/ndcg@10")
+    progress.ended_before = 2  # ended by an earlier run of a resumed search: no part of this run's rate
+    assert progress.time_left(ended=7, elapsed=100.0) == pytest.approx(13 * 100 / 5)
+    progress.ended_before = 7
+    assert progress.time_left(ended=7, elapsed=100.0) is None  # nothing ended in this run yet
+    progress.budget = SimpleNamespace(seconds=300.0, state={"spent": 250.0})
+    assert progress.time_left(ended=7, elapsed=100.0) == 50.0
+    progress.ended_before = 2
+    assert progress.time_left(ended=7, elapsed=100.0) == 50.0  # the budget ends it before the trials would
+
+
+def search_args(budget: str) -> list[str]:
+    """Trials of up to 100 epochs that ASHA stops after 1, 3, 9... epochs: some end before the budget does,
+    some run into it."""
+    return ["--dataset", "ml-100k", "--data-dir", str(require(ML_100K)), "--num-samples", "64", "--max-epochs", "100",
+            "--grace-period", "1", "--time-budget", budget]
+
+
+def test_a_budget_stops_the_running_trials_and_a_resume_spends_what_is_left(tmp_path):
+    storage = tmp_path / "ray"
+    experiment = storage / "budget"
+    log = tmp_path / "first.log"
+    process = start(storage, "budget", *search_args("40s"), log=log)
+    wait_for(lambda: (experiment / BUDGET_FILE).exists() and budget_state(str(experiment / BUDGET_FILE))["spent"] > 12)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=180) == 128 + signal.SIGINT, log.read_text()[-3000:]
+    spent_before = budget_state(str(experiment / BUDGET_FILE))["spent"]
+    assert 12 < spent_before < 40
+
+    resumed = subprocess.run([sys.executable, str(REPO / "tune" / "search.py"), "--resume", "--name", "budget",
+                              "--storage-path", str(storage)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    outcome = json.loads((experiment / "lrml_search.json").read_text())["outcome"]
+    # Tune's loop checks the budget at each of its steps (well under a second apart) and stops the trials then;
+    # the resumed run had what was left, under 28 s, not a fresh 40 s
+    assert 40 <= outcome["budget_spent_seconds"] < 43
+    assert outcome["search_seconds"] < 40
+    assert outcome["trials_cut"] and outcome["trials"] < 64 and "ran out" in resumed.stdout
+    # the trials the budget stopped count: each kept its best checkpoint, and the search's ranking holds them
+    found = {trial.trial_id: trial for trial in Experiment(str(experiment)).trials}
+    assert set(outcome["trials_cut"]) <= set(found)
+    assert all(found[trial].checkpoint_path for trial in outcome["trials_cut"])
+    # each estimate of the time left is the budget left, once the trials' rate would take longer
+    lines = [match for match in PROGRESS.finditer(resumed.stdout) if match.group(4)]
+    assert lines, resumed.stdout
+    for match in lines:
+        minutes, seconds, _, left, unit = match.groups()
+        elapsed = 60 * int(minutes) + int(seconds)
+        assert int(left) * (60 if unit == "m" else 1) <= 40 - spent_before - elapsed + 3, match.group()
