@@ -3,8 +3,9 @@
 Both take the same random (user, positive, negative) batches and an Adam step per batch; the
 sketch regularises every parameter densely each step, lrml only the rows in the batch with
 sparse gradients. The steps cycle through 8 batches, so their rows recur every 8 steps: at ml-20m's shape
-those rows stay in cache, where an epoch's distinct batches would not, and the figures run above an epoch's. ``--options`` times the training options of LRML and BPR-MF (k negatives, the losses, the
-item bias, Adagrad) through the compiled pass and through autograd, the path other devices and variants take.
+those rows stay in cache, where an epoch's distinct batches would not, and the figures run above an epoch's.
+``--options`` times the training options of LRML and BPR-MF (k negatives, the losses, the item bias, Adagrad)
+through the compiled pass and through autograd, the path other devices and variants take.
 Also times lrml's full epoch (negative sampling included) on synthetic data.
 
     python bench/throughput.py [--batch-sizes 1024 8192] [--seconds 10] [--options]

@@ -143,11 +143,13 @@ def memory_sentence(memory: dict, datasets, slots: str) -> str:
         significant = [protocol for protocol in PROTOCOLS if verdict[protocol][1] < 0.05]
         helps = ("helps" if all(verdict[p][0] > 0 for p in significant) else "hurts") if significant else \
             "makes no significant difference"
-        clauses.append(f"on {dataset} (search seeds {', '.join(map(str, verdict['seeds']))}) it {helps}: forcing "
+        seeds = f"search seed{'s' if len(verdict['seeds']) > 1 else ''} {', '.join(map(str, verdict['seeds']))}"
+        clauses.append(f"on {dataset} ({seeds}) it {helps}: forcing "
                        f"{slots} slots against one slot moves test nDCG@10 by {' and '.join(effects)}")
     if not clauses:
         return "**Does LRML's memory help?** Not measured yet (`bench/memory_ablation.py`)."
-    text = "**Does LRML's memory help?** " + "; ".join(clauses)
+    answer = "; ".join(clauses)
+    text = "**Does LRML's memory help?** " + answer[0].upper() + answer[1:]
     return text + (f". Not measured yet on {', '.join(missing)}." if missing else ".")
 
 

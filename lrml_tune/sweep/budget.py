@@ -31,46 +31,48 @@ def budget_state(location: str) -> dict:
     return read_state(location) if state_exists(location) else {"spent": 0.0, "ran_out": False, "cut": []}
 
 
+# location -> the time spent, shared by every copy of a budget in this process: Tune unpickles the stopper and
+# the callbacks of a restored search apart, so the copies must not keep it themselves
+_SPENT: dict[str, dict] = {}
+
+
 class TimeBudget(Stopper, tune.Callback):
     """Both Tune's stopper (``stop_all``) and a callback: at the start of each step of Tune's loop it adds the time
     since the last, and once ``seconds`` are spent it notes the trials still running, which that step stops."""
 
     def __init__(self, seconds: float, location: str):
         self.seconds, self.location = seconds, location
-        self._reset()
 
-    def _reset(self) -> None:
-        self.state: dict | None = None  # read from ``location`` at the first step of each run
-        self.last: float | None = None
-        self.saved_at = 0.0
+    def setup(self, **info) -> None:
+        _SPENT.pop(self.location, None)  # each run of the search reads the time spent from the file
 
-    def __getstate__(self) -> dict:
-        return {"seconds": self.seconds, "location": self.location}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._reset()
+    @property
+    def state(self) -> dict:
+        """``spent``, ``ran_out``, ``cut`` (``budget_state``), with this process's clock (``last``, ``saved_at``)."""
+        if self.location not in _SPENT:
+            _SPENT[self.location] = {**budget_state(self.location), "last": None, "saved_at": 0.0}
+        return _SPENT[self.location]
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
-        now = time.monotonic()
-        if self.state is None:
-            self.state = budget_state(self.location)
-        elif not self.state["ran_out"]:
-            self.state["spent"] += now - self.last
-        self.last = now
-        if not self.state["ran_out"] and self.state["spent"] >= self.seconds:
-            self.state.update(ran_out=True, cut=[trial.trial_id for trial in trials if trial.status == "RUNNING"])
-            self.saved_at = 0.0  # written now
-        if now - self.saved_at >= SAVE_SECONDS:
-            write_state(self.location, self.state)
-            self.saved_at = now
+        state, now = self.state, time.monotonic()
+        if state["last"] is not None and not state["ran_out"]:
+            state["spent"] += now - state["last"]
+        state["last"] = now
+        if not state["ran_out"] and state["spent"] >= self.seconds:
+            state.update(ran_out=True, cut=[trial.trial_id for trial in trials if trial.status == "RUNNING"],
+                         saved_at=0.0)  # written now
+        if now - state["saved_at"] >= SAVE_SECONDS:
+            self._save()
+            state["saved_at"] = now
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        if self.state is not None:
-            write_state(self.location, self.state)
+        self._save()
+
+    def _save(self) -> None:
+        write_state(self.location, {key: self.state[key] for key in ("spent", "ran_out", "cut")})
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return False  # trials end by their own budget and the scheduler; this one ends them all at once
 
     def stop_all(self) -> bool:
-        return bool(self.state and self.state["ran_out"])
+        return self.state["ran_out"]

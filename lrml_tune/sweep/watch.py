@@ -41,7 +41,7 @@ class ConsoleProgress(tune.Callback):
         left if that comes first; None before this run has ended a trial."""
         done_here = ended - self.ended_before
         left = (self.num_samples - ended) * elapsed / done_here if done_here > 0 else None
-        if self.budget is not None and self.budget.state is not None:
+        if self.budget is not None:
             budget_left = max(0.0, self.budget.seconds - self.budget.state["spent"])
             left = budget_left if left is None else min(left, budget_left)
         return left
