@@ -47,25 +47,26 @@ def search_args(budget: str) -> list[str]:
             "--grace-period", "1", "--time-budget", budget]
 
 
+@pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
 def test_a_budget_stops_the_running_trials_and_a_resume_spends_what_is_left(tmp_path):
     storage = tmp_path / "ray"
     experiment = storage / "budget"
     log = tmp_path / "first.log"
-    process = start(storage, "budget", *search_args("40s"), log=log)
-    wait_for(lambda: (experiment / BUDGET_FILE).exists() and budget_state(str(experiment / BUDGET_FILE))["spent"] > 12)
+    process = start(storage, "budget", *search_args("25s"), log=log)
+    wait_for(lambda: (experiment / BUDGET_FILE).exists() and budget_state(str(experiment / BUDGET_FILE))["spent"] > 8)
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=180) == 128 + signal.SIGINT, log.read_text()[-3000:]
     spent_before = budget_state(str(experiment / BUDGET_FILE))["spent"]
-    assert 12 < spent_before < 40
+    assert 8 < spent_before < 25
 
     resumed = subprocess.run([sys.executable, str(REPO / "tune" / "search.py"), "--resume", "--name", "budget",
                               "--storage-path", str(storage)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     outcome = json.loads((experiment / "lrml_search.json").read_text())["outcome"]
     # Tune's loop checks the budget at each of its steps (well under a second apart) and stops the trials then;
-    # the resumed run had what was left, under 28 s, not a fresh 40 s
-    assert 40 <= outcome["budget_spent_seconds"] < 43
-    assert outcome["search_seconds"] < 40
+    # the resumed run had what was left, under 17 s, not a fresh 25 s
+    assert 25 <= outcome["budget_spent_seconds"] < 28
+    assert outcome["search_seconds"] < 25
     assert outcome["trials_cut"] and outcome["trials"] < 64 and "ran out" in resumed.stdout
     # the trials the budget stopped count: each kept its best checkpoint, and the search's ranking holds them
     found = {trial.trial_id: trial for trial in Experiment(str(experiment)).trials}
@@ -77,4 +78,4 @@ def test_a_budget_stops_the_running_trials_and_a_resume_spends_what_is_left(tmp_
     for match in lines:
         minutes, seconds, _, left, unit = match.groups()
         elapsed = 60 * int(minutes) + int(seconds)
-        assert int(left) * (60 if unit == "m" else 1) <= 40 - spent_before - elapsed + 3, match.group()
+        assert int(left) * (60 if unit == "m" else 1) <= 25 - spent_before - elapsed + 3, match.group()

@@ -4,6 +4,8 @@ import importlib.util
 import re
 import shutil
 
+import numpy as np
+import pandas as pd
 import pytest
 from conftest import REPO
 
@@ -14,6 +16,21 @@ SPEC.loader.exec_module(tables)
 
 def test_the_committed_results_pages_are_a_fresh_build_of_their_files(capsys):
     assert tables.main(["--check"]) == 0, capsys.readouterr().err
+
+
+def test_the_pooled_test_averages_each_user_over_the_search_seeds(tmp_path):
+    users = np.arange(1, 21)
+    for seed, (first, second) in enumerate(((0.5, 0.3), (0.3, 0.5))):  # each seed favours another model
+        folder = tmp_path / f"ml-x-lrml-tpe-s{seed}"
+        folder.mkdir()
+        pd.DataFrame({"user": np.concatenate([users, users]), "model": ["a"] * 20 + ["b"] * 20, "protocol": "full",
+                      "ndcg@10": [first] * 20 + [second] * 20}).to_parquet(folder / "per_user.parquet")
+    frames = tables.per_user_frames(tmp_path, "ml-x", "tpe", [0, 1])
+    # averaged over seeds the two are equal for every user: no sign flip is less extreme, p is 1
+    assert tables.pooled_p(frames, "a", "b", "full") == 1.0
+    # one seed alone: a beats b for all 20 users, so only the observed signs (and their mirror) are as extreme
+    assert tables.pooled_p(frames[:1], "a", "b", "full") < 0.001
+    assert tables.per_user_frames(tmp_path, "ml-x", "tpe", [0, 1, 2]) is None  # seed 2 has no per-user file
 
 
 def nudged(text: str) -> str:

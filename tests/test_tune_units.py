@@ -3,7 +3,6 @@ storage faults, statistics."""
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import pickle
@@ -12,7 +11,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import optuna
-import pandas as pd
 import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -241,25 +239,6 @@ def test_the_reserve_holds_its_space_and_keeps_the_fault_it_was_given_back_for(t
     assert reserve.path.stat().st_size < 1000 and reserve.fault() == fault
     assert reserve.drop() == fault and not reserve.path.exists()
     assert Reserve("s3://bucket/search", trials=8).fault() is None  # nothing is held on a cloud store
-
-
-def test_the_pooled_test_averages_each_user_over_the_search_seeds(tmp_path):
-    spec = importlib.util.spec_from_file_location("tables", Path(__file__).resolve().parents[1] / "results" / "tables.py")
-    tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tables)
-    users = np.arange(1, 21)
-    folders = []
-    for seed, (first, second) in enumerate(((0.5, 0.3), (0.3, 0.5))):  # each seed favours another model
-        folder = tmp_path / f"s{seed}"
-        folder.mkdir()
-        pd.DataFrame({"user": np.concatenate([users, users]), "model": ["a"] * 20 + ["b"] * 20, "protocol": "full",
-                      "ndcg@10": [first] * 20 + [second] * 20}).to_parquet(folder / "per_user.parquet")
-        folders.append(folder)
-    # averaged over seeds the two are equal for every user: no sign flip is less extreme, p is 1
-    assert tables.pooled_p(folders, "a", "b", "full") == "1"
-    # one seed alone: a beats b for all 20 users, so only the observed signs (and their mirror) are as extreme
-    assert float(tables.pooled_p(folders[:1], "a", "b", "full")) < 0.001
-    assert tables.pooled_p([*folders, tmp_path / "missing"], "a", "b", "full") == ""
 
 
 def test_superseded_checkpoints_go_only_once_no_saved_state_can_name_them(tmp_path):
