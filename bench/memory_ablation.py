@@ -6,11 +6,10 @@ translation model rather than LRML's memory-based attention. Each arm is ``tune/
 search (64 trials, TPE, ASHA, the same seed) with only ``memory_size``'s values changed. Each search's best
 trial by validation is evaluated as ``tune/best.py`` evaluates it: its checkpoint on test in both protocols
 (per user, for paired tests), and its configuration retrained with the seeds ``best.py`` uses. An arm's
-folder under ``results/memory/`` is kept once written, so a stopped run goes on where it stopped; the table
-``results/memory/README.md`` is written from those folders.
+folder under ``results/memory/`` is kept once written, so a stopped run goes on where it stopped;
+``python results/tables.py`` builds the table and the README's answer from those folders.
 
     python bench/memory_ablation.py --dataset ml-100k --data-dir ../shared/data/ml-100k --seeds 0 1 2
-    python bench/memory_ablation.py --table-only
 """
 from __future__ import annotations
 

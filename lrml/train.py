@@ -24,7 +24,7 @@ from lrml import cli, losses
 from lrml.baselines import BPRMF, EASE, BPRConfig, ClosedForm, EASEConfig, Popularity, PopularityConfig
 from lrml.data import Dataset, SplitParams, load_dataset, prepare
 from lrml.errors import UserError
-from lrml.evaluate import Evaluator
+from lrml.evaluate import PROTOCOLS, Evaluator
 from lrml.model import LRML, LRMLConfig, Recommender
 from lrml.optim import Optimizer
 from lrml.options import value_type
@@ -33,7 +33,6 @@ from lrml.sampling import NegativeSampler
 
 MODELS = ("lrml", "cml", "bpr", "ease", "pop")
 OPTIMIZERS = ("adam", "adagrad")
-PROTOCOLS = ("sampled", "full")
 
 
 def monitor_key(protocol: str) -> str:

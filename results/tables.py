@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from lrml.data.dataset import SplitParams
+from lrml.evaluate import PROTOCOLS
 from lrml_tune.comparison.markdown import replace_section
 from lrml_tune.comparison.selection import RETRAIN_SEEDS
 from lrml_tune.comparison.stats import RESAMPLES, paired_randomization_test
@@ -32,7 +33,6 @@ RESULTS = Path(__file__).resolve().parent
 LABELS = {"lrml": "LRML", "cml": "CML", "bpr": "BPR-MF", "ease": "EASE", "pop": "popularity"}
 TRAINED = ("lrml", "cml", "bpr")  # retrained with seeds: their tuned-against-defaults cells have a spread
 TUNED = (*TRAINED, "ease")
-PROTOCOLS = ("sampled", "full")
 ARMS = ("memory", "one-slot")  # bench/memory_ablation.py's
 START, END = "<!-- results: start -->", "<!-- results: end -->"  # the README's block
 
@@ -108,19 +108,28 @@ def p_text(p: float) -> str:
 
 # ---- the memory ablation
 
-def memory_verdict(memory: dict, dataset: str) -> dict | None:
-    """The memory arm against the one-slot arm on ``dataset`` over the seeds where both finished: per protocol,
-    the mean difference of the checkpoints' test nDCG@10 and the pooled paired p."""
-    seeds = {seed: arms for seed, arms in memory.get(dataset, {}).items() if set(arms) == set(ARMS)}
-    if not seeds:
-        return None
-    found = {"seeds": sorted(seeds)}
-    for protocol in PROTOCOLS:
-        gaps = [ndcg(arms["memory"], protocol) - ndcg(arms["one-slot"], protocol) for arms in seeds.values()]
-        p = paired_randomization_test(
-            per_user_means([arms["memory"]["per_user"] for arms in seeds.values()], "lrml", protocol).to_numpy(),
-            per_user_means([arms["one-slot"]["per_user"] for arms in seeds.values()], "lrml", protocol).to_numpy())
-        found[protocol] = (float(np.mean(gaps)), p)
+def arms_p(memory_arms: list[dict], one_slot_arms: list[dict], protocol: str) -> float:
+    """The paired randomisation test of the two arms on each test user's nDCG@10, averaged over the seeds given."""
+    return paired_randomization_test(*(per_user_means([arm["per_user"] for arm in arms], "lrml", protocol).to_numpy()
+                                       for arms in (memory_arms, one_slot_arms)))
+
+
+def memory_verdicts(memory: dict) -> dict[str, dict]:
+    """Per dataset, the memory arm against the one-slot arm over the seeds where both finished: the seeds, and per
+    protocol the checkpoints' test nDCG@10 differences per seed, their mean, the p per seed and the pooled p."""
+    found = {}
+    for dataset, seeds in memory.items():
+        paired = {seed: arms for seed, arms in sorted(seeds.items()) if set(arms) == set(ARMS)}
+        if not paired:
+            continue
+        found[dataset] = {"seeds": list(paired)}
+        for protocol in PROTOCOLS:
+            gaps = [ndcg(arms["memory"], protocol) - ndcg(arms["one-slot"], protocol) for arms in paired.values()]
+            found[dataset][protocol] = {
+                "gaps": gaps, "mean": float(np.mean(gaps)),
+                "p": [arms_p([arms["memory"]], [arms["one-slot"]], protocol) for arms in paired.values()],
+                "pooled": arms_p([arms["memory"] for arms in paired.values()],
+                                 [arms["one-slot"] for arms in paired.values()], protocol)}
     return found
 
 
@@ -131,17 +140,18 @@ def memory_slots(root: Path) -> str:
     return f"{min(values)} to {max(values)}" if values else "several"
 
 
-def memory_sentence(memory: dict, datasets, slots: str) -> str:
+def memory_sentence(verdicts: dict, datasets, slots: str) -> str:
     """The answer to "does LRML's memory help?", one clause per dataset, from what has been measured."""
     clauses, missing = [], []
     for dataset in datasets:
-        verdict = memory_verdict(memory, dataset)
+        verdict = verdicts.get(dataset)
         if verdict is None:
             missing.append(dataset)
             continue
-        effects = [f"{verdict[protocol][0]:+.4f} {protocol} (p {p_text(verdict[protocol][1])})" for protocol in PROTOCOLS]
-        significant = [protocol for protocol in PROTOCOLS if verdict[protocol][1] < 0.05]
-        helps = ("helps" if all(verdict[p][0] > 0 for p in significant) else "hurts") if significant else \
+        effects = [f"{verdict[protocol]['mean']:+.4f} {protocol} (p {p_text(verdict[protocol]['pooled'])})"
+                   for protocol in PROTOCOLS]
+        significant = [protocol for protocol in PROTOCOLS if verdict[protocol]["pooled"] < 0.05]
+        helps = ("helps" if all(verdict[p]["mean"] > 0 for p in significant) else "hurts") if significant else \
             "makes no significant difference"
         seeds = f"search seed{'s' if len(verdict['seeds']) > 1 else ''} {', '.join(map(str, verdict['seeds']))}"
         clauses.append(f"on {dataset} ({seeds}) it {helps}: forcing "
@@ -153,7 +163,7 @@ def memory_sentence(memory: dict, datasets, slots: str) -> str:
     return text + (f". Not measured yet on {', '.join(missing)}." if missing else ".")
 
 
-def memory_section(memory: dict, slots: str) -> list[str]:
+def memory_section(memory: dict, verdicts: dict, slots: str) -> list[str]:
     lines = ["## Does LRML's memory help?", "",
              "`python bench/memory_ablation.py --dataset D --seeds 0 1 2`: LRML's default search with "
              f"`memory_size` searched over {slots} slots "
@@ -176,17 +186,12 @@ def memory_section(memory: dict, slots: str) -> list[str]:
                         runs = row["runs"]["test"][protocol]["ndcg@10"]
                         cells += [f"{ndcg(row, protocol):.4f}", f"{runs['mean']:.4f} ± {runs['sd']:.4f}"]
                     lines.append("| " + " | ".join(cells) + " |")
-        verdict = memory_verdict(memory, dataset)
-        if verdict:
-            paired = [seeds[seed] for seed in verdict["seeds"]]
+        if dataset in verdicts:
             lines += ["", "| protocol | memory − one slot, per seed | mean | p per seed | p pooled |", "|---|---|---:|---|---:|"]
             for protocol in PROTOCOLS:
-                gaps = [ndcg(arms["memory"], protocol) - ndcg(arms["one-slot"], protocol) for arms in paired]
-                per_seed = [paired_randomization_test(
-                    per_user_means([arms["memory"]["per_user"]], "lrml", protocol).to_numpy(),
-                    per_user_means([arms["one-slot"]["per_user"]], "lrml", protocol).to_numpy()) for arms in paired]
-                lines.append(f"| {protocol} | {', '.join(f'{gap:+.4f}' for gap in gaps)} | {verdict[protocol][0]:+.4f} | "
-                             f"{', '.join(map(p_text, per_seed))} | {p_text(verdict[protocol][1])} |")
+                found = verdicts[dataset][protocol]
+                lines.append(f"| {protocol} | {', '.join(f'{gap:+.4f}' for gap in found['gaps'])} | {found['mean']:+.4f} | "
+                             f"{', '.join(map(p_text, found['p']))} | {p_text(found['pooled'])} |")
         lines.append("")
     return lines
 
@@ -503,20 +508,20 @@ def wrapped(lines: list[str]) -> list[str]:
             for line in lines]
 
 
-def results_page(root: Path, results: dict, memory: dict, searcher: str) -> str:
+def results_page(root: Path, results: dict, memory: dict, verdicts: dict, searcher: str) -> str:
     slots = memory_slots(root)
-    lines = [*setup_lines(), "## What the files say", "", "- " + memory_sentence(memory, results, slots),
+    lines = [*setup_lines(), "## What the files say", "", "- " + memory_sentence(verdicts, results, slots),
              *against_defaults_words(results), *winners_words(root, results, searcher), *drop_words(results),
              *memory_slots_words(results), *narrow_words(results), "", "Which runs these are:", "",
-             *dataset_notes(results), "", *memory_section(memory, slots), *ablation_section(root, results, searcher),
+             *dataset_notes(results), "", *memory_section(memory, verdicts, slots), *ablation_section(root, results, searcher),
              "## Tables over search seeds", "", *against_defaults(results), *winners(root, results, searcher),
              *comparison(results), *selection(results)]
     return "\n".join(wrapped(lines)).rstrip("\n") + "\n"
 
 
-def readme_block(results: dict, memory: dict, slots: str) -> list[str]:
+def readme_block(results: dict, verdicts: dict, slots: str) -> list[str]:
     """The README's results: the memory answer first, then each dataset's search seed 0 on test."""
-    lines = [START, memory_sentence(memory, results, slots), "",
+    lines = [START, memory_sentence(verdicts, results, slots), "",
              "Leave-one-out by time; each search's chosen checkpoint on test, nDCG@10 with 95% bootstrap intervals "
              "over test users, p from paired randomisation tests against LRML; search seed 0 of each dataset.", "",
              "| dataset | protocol | LRML | CML | BPR-MF | EASE | popularity |", "|---|---|---:|---:|---:|---:|---:|"]
@@ -551,9 +556,10 @@ def build(root: Path, searcher: str) -> dict[Path, str]:
     results, memory = load(root, searcher), load_memory(root)
     if not results:
         raise SystemExit(f"no {root}/*-lrml-{searcher}-s*/evaluation.json: run tune/best.py first")
-    readme = root.parent / "README.md"
-    return {root / "README.md": results_page(root, results, memory, searcher),
-            readme: replace_section(readme.read_text(), START, END, wrapped(readme_block(results, memory, memory_slots(root))))}
+    verdicts, readme = memory_verdicts(memory), root.parent / "README.md"
+    return {root / "README.md": results_page(root, results, memory, verdicts, searcher),
+            readme: replace_section(readme.read_text(), START, END,
+                                    wrapped(readme_block(results, verdicts, memory_slots(root))))}
 
 
 def main(argv: list[str] | None = None) -> int:

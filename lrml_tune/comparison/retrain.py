@@ -23,9 +23,9 @@ import torch
 
 import lrml
 from lrml.data import data_home, load_dataset, read_manifest
+from lrml.evaluate import PROTOCOLS
 from lrml.train import TrainConfig, Trainer
 
-PROTOCOLS = ("sampled", "full")
 METRICS = ("hr@10", "ndcg@10", "mrr")
 
 

@@ -25,8 +25,8 @@ import ray
 
 from lrml import cli
 from lrml.data import SplitParams, prepare, read_manifest
+from lrml.evaluate import PROTOCOLS
 from lrml.options import from_flags, parser_for
-from lrml.train import PROTOCOLS
 from lrml_tune.sweep.budget import BUDGET_FILE, budget_state
 from lrml_tune.sweep.checks import check_settings, check_storage_shared, storage_warning
 from lrml_tune.sweep.faults import Reserve, StorageFault, probe, storage_fault

@@ -10,8 +10,9 @@ from pathlib import Path
 from lrml.data import get_release
 from lrml.data.synthetic import is_synthetic, synthetic_shape
 from lrml.errors import UserError
+from lrml.evaluate import PROTOCOLS
 from lrml.options import arguments, check_values, flag_name, option
-from lrml.train import MODELS, PROTOCOLS, TrainConfig, monitor_key
+from lrml.train import MODELS, TrainConfig, monitor_key
 from lrml_tune.sweep.budget import parse_duration
 from lrml_tune.sweep.space import default_space_file
 from lrml_tune.sweep.stopping import DEFAULT_GRACE_PERIOD, DEFAULT_SCHEDULER, SCHEDULERS

@@ -69,7 +69,7 @@ class ConsoleProgress(tune.Callback):
         seen = [(value, trial.trial_id) for trial in trials
                 if (value := trial.metric_analysis.get(self.monitor, {}).get("max")) is not None and value == value]
         protocol = self.monitor.split("/")[1]
-        best = f"best {protocol} nDCG@10 {{:.4f}} ({{}})".format(*max(seen)) if seen else "no result yet"
+        best = "best {} nDCG@10 {:.4f} ({})".format(protocol, *max(seen)) if seen else "no result yet"
         estimate = f", ~{_duration(left)} left" if left is not None and len(ended) < self.num_samples else ""
         line = (f"[{minutes:3d}:{seconds:02d}] {len(ended)}/{self.num_samples} done, {stopped} stopped early, "
                 f"{failed} failed, {running} running{estimate} | {best}")
