@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -57,6 +58,19 @@ def test_search_then_best_against_tuned_baselines(tmp_path):
     record = json.loads((storage / "e2e-lrml" / "lrml_search.json").read_text())
     assert record["outcome"]["trials"] == 4 and record["outcome"]["errors"] == 0
     assert record["settings"]["searcher"] == "tpe" and record["settings"]["scheduler"] == "asha"
+    # the trials' CPU time: each epoch's is what the trial's process took since the last, so no trial took more
+    # than its own time on every core, and the search's is theirs summed
+    trial_cpu = []
+    for trial in storage.glob("e2e-lrml/run_trial_*"):
+        epochs = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+        assert all(epoch["cpu_seconds"] > 0 for epoch in epochs)
+        trial_cpu.append(sum(epoch["cpu_seconds"] for epoch in epochs))
+        assert trial_cpu[-1] <= epochs[-1]["time_total_s"] * os.cpu_count()
+    assert record["outcome"]["cpu_seconds"] == pytest.approx(sum(trial_cpu), abs=0.05)  # rounded to 0.1 s
+    outcome = record["outcome"]
+    assert outcome["cpus"] == os.cpu_count()  # a local Ray takes the machine's cores
+    assert f"CPU use {100 * outcome['cpu_seconds'] / (outcome['search_seconds'] * outcome['cpus']):.0f}% of " \
+        f"{os.cpu_count()} CPUs" in search.stdout
     # the Optuna study is in Optuna's own storage: the starting points first, every trial told
     study = optuna.load_study(study_name="e2e-lrml", storage=JournalStorage(
         JournalFileBackend(str(storage / "e2e-lrml" / "optuna-study.journal"))))

@@ -22,7 +22,7 @@ from lrml_tune.sweep.space import Param, default_space_file, load_space
 OUTCOME = SearchOutcome(trials=3, errors=0, epochs_trained=9, wall_seconds=20.0, search_started_at=1.5e9,
                         search_seconds=10.0, training_seconds=15.0, concurrency=2, best_trial="abc",
                         best_config={"lr": 0.001}, best_epoch=3, best_trial_epochs=3,
-                        best_valid={"valid/sampled/ndcg@10": 0.4}, epochs_this_run=9)
+                        best_valid={"valid/sampled/ndcg@10": 0.4}, epochs_this_run=9, cpu_seconds=12.0, cpus=2.0)
 
 
 def read_back(settings: SearchSettings) -> SearchSettings:
@@ -121,8 +121,9 @@ def test_the_search_record_reads_back_as_the_same_types(tmp_path):
     assert found.space["embedding_dim"].values == (32, 64, 100, 128, 256, 512)
     assert found.space["lr[adagrad]"].when == {"optimizer": ("adagrad",)} and found.outcome.still_improving
     assert found.outcome.training_share == pytest.approx(15.0 / (10.0 * 2))
+    assert found.outcome.cpu_use == pytest.approx(12.0 / (10.0 * 2))
     assert found.outcome.time_spent() == ("3 trials (0 failed), 9 epochs; 20s (10s searching), the 2 trial slot(s) "
-                                          "75% inside training epochs")
+                                          "75% inside training epochs, the trials' CPU use 60% of 2 CPUs")
     # after a resume the times are the last run's alone, and the sentence says so
     assert replace(OUTCOME, epochs_this_run=4).time_spent().startswith(
         "3 trials (0 failed), 9 epochs (4 in the last run, after a resume); 20s (10s searching), the last run's 2 ")

@@ -145,7 +145,8 @@ def test_a_failed_trial_never_wins_however_good_it_looked(local_ray, tmp_path):
                          tune_config=tune.TuneConfig(metric=MONITOR, mode="max"),
                          run_config=tune.RunConfig(name="flaring", storage_path=str(tmp_path), verbose=0)).fit()
     assert results.num_errors == 1
-    outcome = summarize(results, MONITOR, wall_seconds=1.0, search_started_at=0.0, search_seconds=1.0, concurrency=1)
+    outcome = summarize(results, MONITOR, wall_seconds=1.0, search_started_at=0.0, search_seconds=1.0, concurrency=1,
+                        cpus=1.0)
     assert outcome.best_config == {"x": 0.4} and len(outcome.failures) == 1
     assert list(outcome.failures.values())[0].endswith("RuntimeError: diverged")
     settings = SearchSettings(name="flaring", storage_path=str(tmp_path))

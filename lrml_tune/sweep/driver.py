@@ -163,6 +163,7 @@ def _search(settings: SearchSettings, space: dict[str, Param], resume: bool) -> 
                 search_started, search_started_at = time.perf_counter(), time.time()
                 results = tuner.fit()
                 now = time.perf_counter()
+                cpus = ray.cluster_resources().get("CPU", 0.0)  # after the search: an autoscaled cluster at its size
             except Exception as error:
                 # a trial's error file written on a full disk is empty, and Tune fails reading it
                 fault = storage_fault(error, settings.storage_path) or reserve.fault() or probe(settings.storage_path)
@@ -187,7 +188,7 @@ def _search(settings: SearchSettings, space: dict[str, Param], resume: bool) -> 
         return 128 + (signals[-1] if signals else signal.SIGINT)
     prune_superseded(results)
     outcome = summarize(results, settings.monitor, now - started, search_started_at, now - search_started,
-                        concurrency, budget, settings.time_budget_seconds)
+                        concurrency, cpus, budget, settings.time_budget_seconds)
     replace(record, outcome=outcome).write()
     print_outcome(outcome, record)
     return 0 if outcome.best_trial is not None else 1

@@ -43,6 +43,8 @@ class SearchOutcome:
     time_budget_seconds: float | None = None  # --time-budget, if the search had one
     budget_spent_seconds: float | None = None  # of it, spent over every run of the search
     trials_cut: list[str] = field(default_factory=list)  # the trials running when the budget ran out, stopped then
+    cpu_seconds: float | None = None  # the trials' processes' CPU time in this command's epochs and between them
+    cpus: float | None = None  # the cluster's CPUs when the search ended
 
     @property
     def still_improving(self) -> bool:
@@ -54,18 +56,24 @@ class SearchOutcome:
         """Of the trial slots' time (search time x trials at once), the share spent inside epochs."""
         return self.training_seconds / (self.search_seconds * self.concurrency) if self.search_seconds else 0.0
 
+    @property
+    def cpu_use(self) -> float | None:
+        """The trials' CPU time over the cluster's (search time x CPUs): how busy the search kept every core."""
+        return self.cpu_seconds / (self.search_seconds * self.cpus) if self.search_seconds and self.cpus else None
+
     def time_spent(self) -> str:
         """Where the time went, in words; after a ``--resume``, the times and the share are the last run's."""
         resumed = self.epochs_this_run is not None and self.epochs_this_run != self.epochs_trained
         ran = f" ({self.epochs_this_run} in the last run, after a resume)" if resumed else ""
         slots = "the last run's" if resumed else "the"
+        cpu = "" if self.cpu_use is None else f", the trials' CPU use {100 * self.cpu_use:.0f}% of {self.cpus:g} CPUs"
         budget = "" if self.time_budget_seconds is None else (
             f"; time budget {self.time_budget_seconds:.0f}s, {self.budget_spent_seconds:.0f}s used over every run"
             + (f", ran out: {len(self.trials_cut)} running trial(s) stopped" if self.trials_cut
                or self.budget_spent_seconds >= self.time_budget_seconds else ""))
         return (f"{self.trials} trials ({self.errors} failed), {self.epochs_trained} epochs{ran}; {self.wall_seconds:.0f}s "
                 f"({self.search_seconds:.0f}s searching), {slots} {self.concurrency} trial slot(s) "
-                f"{100 * self.training_share:.0f}% inside training epochs{budget}")
+                f"{100 * self.training_share:.0f}% inside training epochs{cpu}{budget}")
 
 
 @dataclass(frozen=True)

@@ -233,11 +233,20 @@ def _reporter(report: Callable, checkpoint_class, where: dict, rank: int) -> Cal
 
     ``last_epoch`` tells the searcher that the trial ended by itself (max epochs or patience), not
     because the scheduler stopped it; ``peak_rss_mb`` is the largest worker process's peak resident memory so far
-    (a reused process: over every trial it ran).
+    (a reused process: over every trial it ran); ``cpu_seconds`` the CPU time the workers' processes took since
+    the last report (the first: since the trial started), summed over workers, for the search's CPU use.
     """
+    cpu_before = _process_cpu_seconds()
+
     def report_epoch(epoch: EpochReport) -> None:
-        peak_kb = epoch.trainer.parallel.agree_max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-        metrics = {**epoch.metrics, **where, "last_epoch": epoch.last, "peak_rss_mb": peak_kb / 1024}
+        nonlocal cpu_before
+        cpu_now = _process_cpu_seconds()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        peak_kb = epoch.trainer.parallel.agree_max(usage.ru_maxrss)
+        [cpu_seconds] = epoch.trainer.parallel.agree_sum([cpu_now - cpu_before])
+        cpu_before = cpu_now
+        metrics = {**epoch.metrics, **where, "last_epoch": epoch.last, "peak_rss_mb": peak_kb / 1024,
+                   "cpu_seconds": cpu_seconds}
         if not (epoch.improved and rank == 0):
             report(metrics)
             return
@@ -245,3 +254,9 @@ def _reporter(report: Callable, checkpoint_class, where: dict, rank: int) -> Cal
             checkpoints.save(epoch.trainer.checkpoint(epoch.epoch, epoch.metrics), Path(folder) / CHECKPOINT_FILE)
             report(metrics, checkpoint=checkpoint_class.from_directory(folder))
     return report_epoch
+
+
+def _process_cpu_seconds() -> float:
+    """User and system CPU time of this process, every thread of it."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime

@@ -83,10 +83,10 @@ def finished(results: tune.ResultGrid) -> int:
 
 
 def summarize(results: tune.ResultGrid, monitor: str, wall_seconds: float, search_started_at: float,
-              search_seconds: float, concurrency: int, budget: dict | None = None,
+              search_seconds: float, concurrency: int, cpus: float, budget: dict | None = None,
               budget_seconds: float | None = None) -> SearchOutcome:
     """The best trial by ``monitor`` over all its epochs (a failed trial never counts), the failed trials and why,
-    how the search spent its time, and its time budget's state (``budget``) where it had one. Trials a budget
+    how the search spent its time and the cluster's ``cpus``, and its time budget's state (``budget``) where it had one. Trials a budget
     ended before they started are not counted."""
     frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and monitor in r.metrics_dataframe]
     # a resumed search's results hold its earlier runs' epochs too; Tune stamps each epoch in whole seconds
@@ -102,6 +102,8 @@ def summarize(results: tune.ResultGrid, monitor: str, wall_seconds: float, searc
         wall_seconds=round(wall_seconds, 1), search_started_at=search_started_at,
         search_seconds=round(search_seconds, 1),
         training_seconds=round(sum(float(frame["seconds"].sum()) for frame in this_run), 1), concurrency=concurrency,
+        cpu_seconds=round(sum(float(frame["cpu_seconds"].sum()) for frame in this_run if "cpu_seconds" in frame), 1),
+        cpus=cpus,
         best_trial=str(row["trial_id"]) if best is not None else None,
         best_config=best.config if best is not None else {}, best_epoch=int(row["epoch"]) if best is not None else 0,
         best_trial_epochs=int(best.metrics_dataframe["epoch"].max()) if best is not None else 0,
