@@ -86,8 +86,8 @@ def summarize(results: tune.ResultGrid, monitor: str, wall_seconds: float, searc
               search_seconds: float, concurrency: int, cpus: float, budget: dict | None = None,
               budget_seconds: float | None = None) -> SearchOutcome:
     """The best trial by ``monitor`` over all its epochs (a failed trial never counts), the failed trials and why,
-    how the search spent its time and the cluster's ``cpus``, and its time budget's state (``budget``) where it had one. Trials a budget
-    ended before they started are not counted."""
+    how the search spent its time and the cluster's ``cpus``, and its time budget's state (``budget``) where it had
+    one. Trials a budget ended before they started are not counted."""
     frames = [r.metrics_dataframe for r in results if r.metrics_dataframe is not None and monitor in r.metrics_dataframe]
     # a resumed search's results hold its earlier runs' epochs too; Tune stamps each epoch in whole seconds
     this_run = [frame[frame["timestamp"] >= int(search_started_at)] for frame in frames]
