@@ -45,7 +45,10 @@ class SearchSettings:
                                                  "nDCG@10", at_least=1)
     metric: str = option(TrainConfig.monitor, "the validation nDCG@10 that chooses the best trial and stops trials "
                                               "early: the held-out item among 100 sampled items, or among every "
-                                              "item; every trial reports both every epoch", choices=PROTOCOLS)
+                                              "item", choices=PROTOCOLS)
+    report_both: bool = option(False, "every trial also reports the other protocol's validation metrics every "
+                                      "epoch, so the search can be read under either (full ranking scores every "
+                                      "item each epoch: a slower search)")
     time_budget: str | None = option(None, "stop starting trials, and stop the running ones (each keeps its best "
                                            "checkpoint), once the search has run this long: 90s, 10m, 2h; a "
                                            "--resume goes on with what is left", metavar="DURATION")

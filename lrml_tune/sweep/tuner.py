@@ -26,7 +26,7 @@ def trial_spec(record: SearchRecord) -> TrialSpec:
     """What every trial shares: the model's defaults with this search's budget and seed, the dataset, resources."""
     settings = record.settings
     base = replace(defaults(settings.model), max_epochs=settings.max_epochs, patience=settings.patience,
-                   seed=settings.seed, monitor=settings.metric, validate_both=True)
+                   seed=settings.seed, monitor=settings.metric, validate_both=settings.report_both)
     return TrialSpec(base, DatasetRef(record.dataset_path, settings.dataset, settings.data_dir, record.fingerprint),
                      workers=settings.workers_per_trial, cpus_per_worker=settings.cpus_per_worker,
                      gpus_per_worker=settings.gpus_per_worker, ray_train=settings.workers_per_trial > 1,
