@@ -39,7 +39,7 @@ def test_search_then_best_against_tuned_baselines(tmp_path):
     step from the trials to EASE's weight and the retrains' choice must follow."""
     storage = tmp_path / "ray"
     search = run_script("search.py", "--num-samples", "4", "--max-epochs", "2", "--name", "e2e-lrml", "--metric", "full",
-                        "--storage-path", str(storage), "--mlflow", "--dataset", "ml-100k", "--data-dir",
+                        "--report-both", "--storage-path", str(storage), "--mlflow", "--dataset", "ml-100k", "--data-dir",
                         str(require(ML_100K)))
     assert "best trial" in search.stdout and "next: python tune/best.py" in search.stdout
     # a console a person can follow: a line per trial, none wider than 110 columns; Ray's output in a log file
