@@ -2,8 +2,8 @@
 them can drift from the files it comes from.
 
 Reads ``results/<dataset>-lrml-<searcher>-s<seed>/`` (what ``tune/best.py`` wrote: ``evaluation.json``,
-``per_user.parquet``), ``results/memory/`` (``bench/memory_ablation.py``) and ``results/ablation/ablation.json``
-(``bench/ablation.py``).
+``per_user.parquet``), ``results/memory/`` (``bench/memory_ablation.py``), ``results/metric/``
+(``bench/metric_choice.py``) and ``results/ablation/ablation.json`` (``bench/ablation.py``).
 
     python results/tables.py           # write results/README.md and the README's results block
     python results/tables.py --check   # exit 1, naming the file, if the committed text is not a fresh build
@@ -194,6 +194,59 @@ def memory_section(memory: dict, verdicts: dict, slots: str) -> list[str]:
                              f"{', '.join(map(p_text, found['p']))} | {p_text(found['pooled'])} |")
         lines.append("")
     return lines
+
+
+# ---- the selection metric
+
+def load_metric(root: Path) -> list[dict]:
+    """Each search's (and each dataset's EASE) choices under both protocols, ``bench/metric_choice.py``'s."""
+    return [json.loads(path.read_text()) for path in sorted((root / "metric").glob("*.json"))]
+
+
+def choice_ndcg(choice: dict, protocol: str) -> float:
+    """A choice's test nDCG@10: its retrains' mean, or EASE's one fit."""
+    if "runs" in choice:
+        return choice["runs"]["test"][protocol]["ndcg@10"]["mean"]
+    return choice["test"][protocol]["ndcg@10"]
+
+
+def metric_gaps(records: list[dict], protocol: str) -> list[float]:
+    """Per search, test nDCG@10 in ``protocol`` of the choice made on full-ranking validation less that made on
+    sampled validation."""
+    return [choice_ndcg(record["choices"]["full"], protocol) - choice_ndcg(record["choices"]["sampled"], protocol)
+            for record in records]
+
+
+def metric_section(records: list[dict]) -> list[str]:
+    lines = ["## Which validation metric to select on", "",
+             "`python bench/metric_choice.py <searches> --ease <datasets>`: from searches whose trials reported both "
+             "protocols every epoch, each search's choice replayed on each protocol's validation nDCG@10 as "
+             "`tune/best.py` makes it (top configurations retrained with seeds "
+             f"{', '.join(map(str, RETRAIN_SEEDS))}, early-stopped on that protocol); each choice's test nDCG@10 is "
+             "its retrains' mean (EASE: its weight's one fit). A search that ran with `--metric full` is marked "
+             "live: its full choice is its own. p: paired randomisation test over the searches of the full choice "
+             "against the sampled one.", ""]
+    if not records:
+        return lines + ["Not measured yet.", ""]
+    lines += ["| dataset | model | search | on sampled: test sampled | test full | on full: test sampled | test full | "
+              "same configuration |", "|---|---|---|---:|---:|---:|---:|---|"]
+    for record in records:
+        search = record.get("search", "EASE's weight grid") + (" (live)" if record.get("search_metric") == "full" else "")
+        cells = [record["dataset"], LABELS[record["model"]], search]
+        cells += [f"{choice_ndcg(record['choices'][metric], protocol):.4f}" for metric in PROTOCOLS for protocol in PROTOCOLS]
+        same = record["choices"]["sampled"].get("config", record["choices"]["sampled"].get("reg_weight")) == \
+            record["choices"]["full"].get("config", record["choices"]["full"].get("reg_weight"))
+        lines.append("| " + " | ".join(cells) + f" | {'yes' if same else 'no'} |")
+    lines += ["", "| model | searches | full − sampled choice, test sampled | p | test full | p |",
+              "|---|---:|---:|---:|---:|---:|"]
+    groups = {LABELS[model]: [r for r in records if r["model"] == model] for model in dict.fromkeys(r["model"] for r in records)}
+    for label, group in [*groups.items(), ("all", records)]:
+        cells = [label, str(len(group))]
+        for protocol in PROTOCOLS:
+            gaps = metric_gaps(group, protocol)
+            cells += [f"{np.mean(gaps):+.4f}", p_text(paired_randomization_test(np.array(gaps), np.zeros(len(gaps))))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 # ---- what the search seeds say, in words
@@ -513,7 +566,8 @@ def results_page(root: Path, results: dict, memory: dict, verdicts: dict, search
     lines = [*setup_lines(), "## What the files say", "", "- " + memory_sentence(verdicts, results, slots),
              *against_defaults_words(results), *winners_words(root, results, searcher), *drop_words(results),
              *memory_slots_words(results), *narrow_words(results), "", "Which runs these are:", "",
-             *dataset_notes(results), "", *memory_section(memory, verdicts, slots), *ablation_section(root, results, searcher),
+             *dataset_notes(results), "", *memory_section(memory, verdicts, slots), *metric_section(load_metric(root)),
+             *ablation_section(root, results, searcher),
              "## Tables over search seeds", "", *against_defaults(results), *winners(root, results, searcher),
              *comparison(results), *selection(results)]
     return "\n".join(wrapped(lines)).rstrip("\n") + "\n"

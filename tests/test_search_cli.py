@@ -19,12 +19,15 @@ from optuna.storages.journal import JournalFileBackend
 from tensorboardX.proto import event_pb2
 
 from lrml.train import monitor_key
+from lrml_tune.comparison.selection import train_config
+from lrml_tune.sweep import Experiment
 from lrml_tune.sweep.watch import mlflow_name
 
 pytestmark = pytest.mark.ray  # starts Ray: left out by `pytest -m "not ray"`
 
 TUNE = REPO / "tune"
 FULL = monitor_key("full")  # what the end-to-end search selects on
+SAMPLED = monitor_key("sampled")
 
 
 def run_script(script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -80,6 +83,14 @@ def test_search_then_best_against_tuned_baselines(tmp_path):
     # best.py reads the searches where they are now: moved, as when a cluster's results are synced to a laptop
     moved = tmp_path / "synced"
     shutil.move(storage, moved)
+    # read as if it had selected on sampled validation (bench/metric_choice.py's replay): the trials ranked by that,
+    # each at its best epoch by it, and their retrains early-stopped on it
+    replayed = Experiment(str(moved / "e2e-lrml"), "sampled")
+    frames = replayed.analysis.trial_dataframes
+    ranked = [trial.valid[SAMPLED] for trial in replayed.trials]
+    assert len(ranked) == 4 and ranked == sorted(ranked, reverse=True)
+    assert all(trial.valid[SAMPLED] == frames[trial.trial_id][SAMPLED].max() for trial in replayed.trials)
+    assert train_config(replayed, replayed.trials[0]).monitor == "sampled"
     out = tmp_path / "results"
     best = run_script("best.py", str(moved / "e2e-lrml"), "--out", str(out), "--tune-baselines", "--candidates", "2",
                       "--defaults-epochs", "2")

@@ -43,15 +43,15 @@ def candidates(experiment: Experiment, count: int, dataset_path: str, store: Run
     found = [Candidate(trial.trial_id, trial.config, trial.valid[experiment.monitor],
                        spread(finals[index * len(RETRAIN_SEEDS):(index + 1) * len(RETRAIN_SEEDS)]))
              for index, trial in enumerate(top)]
-    metric = experiment.record.settings.metric
-    return sorted(found, key=lambda candidate: -monitored(candidate.runs, metric)) if finals else found
+    return sorted(found, key=lambda candidate: -monitored(candidate.runs, experiment.metric)) if finals else found
 
 
 def train_config(experiment: Experiment, trial: TrialSummary) -> TrainConfig:
-    """The full training configuration of a trial: the model's defaults with the search's budget and the trial's
-    searched values."""
+    """The full training configuration of a trial: the model's defaults with the search's budget, the trial's
+    searched values, and early stopping on the experiment's selection metric."""
     s = experiment.record.settings
-    return replace(defaults(s.model), max_epochs=s.max_epochs, patience=s.patience, monitor=s.metric, **trial.config)
+    return replace(defaults(s.model), max_epochs=s.max_epochs, patience=s.patience, monitor=experiment.metric,
+                   **trial.config)
 
 
 def defaults_runs(model: str, max_epochs: int, patience: int, monitor: str, dataset_path: str,

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import ExperimentAnalysis
 
+from lrml.train import monitor_key
 from lrml_tune.sweep.record import SearchRecord
 from lrml_tune.sweep.storage import filesystem, resolved
 from lrml_tune.sweep.trainable import CHECKPOINT_FILE
@@ -42,13 +43,16 @@ class TrialSummary:
 
 class Experiment:
     """A search's folder or URI, with its trials that did not fail ranked by their best validation nDCG@10 in
-    the protocol the search selected on (``monitor``)."""
+    the protocol ``metric`` (``sampled`` or ``full``; by default the one the search selected on), ``monitor``
+    its key. Ranking by the other protocol replays the selection a search on it would have made, from a search
+    whose trials reported both (their checkpoints are the search's own metric's best epochs)."""
 
-    def __init__(self, location: str):
+    def __init__(self, location: str, metric: str | None = None):
         self.location = resolved(location)
         self.filesystem, self.fs_path = filesystem(self.location)
         self.record = SearchRecord.read(self.location)
-        self.monitor = self.record.settings.monitor
+        self.metric = metric or self.record.settings.metric
+        self.monitor = monitor_key(self.metric)
         self.analysis = ExperimentAnalysis(self.fs_path, storage_filesystem=self.filesystem,
                                            default_metric=self.monitor, default_mode="max")
         self.trials = self._summaries()
