@@ -138,14 +138,15 @@ def main() -> int:
     if args.options:
         time_options(args)
         return 0
-    print(f"{'shape':8} {'batch':>6} {'sketch pairs/s':>15} {'lrml pairs/s':>13} {'ratio':>7}")
+    print("| shape | batch | seed sketch | lrml | lrml / sketch |\n|---|---:|---:|---:|---:|")
     for shape, (num_users, num_items, _) in BENCH_SHAPES.items():
         for batch_size in args.batch_sizes:
             theirs = pairs_per_second(sketch_step(num_users, num_items, args.dim, args.memory),
                                       num_users, num_items, batch_size, args.seconds)
             ours = pairs_per_second(lrml_step(num_users, num_items, args.dim, args.memory),
                                     num_users, num_items, batch_size, args.seconds)
-            print(f"{shape:8} {batch_size:6d} {theirs:15,.0f} {ours:13,.0f} {ours / theirs:6.1f}x", flush=True)
+            print(f"| {shape} ({num_users:,} x {num_items:,}) | {batch_size:,} | {theirs:,.0f} | {ours:,.0f} | "
+                  f"{ours / theirs:.1f}x |", flush=True)
     if args.epoch:
         for batch_size in args.batch_sizes:
             rate = epoch_pairs_per_second(*SHAPES["ml-1m"], args.dim, args.memory, batch_size)
@@ -157,14 +158,14 @@ def main() -> int:
 def time_options(args) -> None:
     """Positive pairs per second of each training option at ml-1m shape, compiled and through autograd."""
     num_users, num_items, _ = SHAPES["ml-1m"]
-    print(f"{'option':40} {'batch':>6} {'compiled pairs/s':>17} {'autograd pairs/s':>17} {'compiled / autograd':>20}")
+    print("| option | batch | compiled | autograd | compiled / autograd |\n|---|---:|---:|---:|---:|")
     for batch_size in args.batch_sizes:
         for name, kind, options, negatives, optimizer in OPTIONS:
             found = [pairs_per_second(lrml_step(num_users, num_items, args.dim, args.memory, options, optimizer, autograd,
                                                 kind),
                                       num_users, num_items, batch_size, args.seconds, negatives)
                      for autograd in (False, True)]
-            print(f"{name:40} {batch_size:6d} {found[0]:17,.0f} {found[1]:17,.0f} {found[0] / found[1]:19.1f}x", flush=True)
+            print(f"| {name} | {batch_size:,} | {found[0]:,.0f} | {found[1]:,.0f} | {found[0] / found[1]:.1f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -305,6 +305,10 @@ class LRML(Recommender):
         bias = self.item_bias.weight if self.config.item_bias else None
         if self.config.use_memory and p.device.type == "cpu" and p.dtype == torch.float32:
             return scoring.lrml_scores(p, q, self.keys, self.memory, self.config.distance == "l2", bias)
+        return self._score_all_torch(p, q, bias)
+
+    def _score_all_torch(self, p: torch.Tensor, q: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``score_all`` as torch operations: on devices other than the CPU, and for CML."""
         apart = (p.pow(2).sum(1, keepdim=True) + q.pow(2).sum(1) - 2 * p @ q.T).clamp_(min=0)  # ||p - q||^2
         if self.config.use_memory:
             self._add_relation_terms(apart, p, q)
