@@ -1,5 +1,5 @@
 """Which validation metric should a search select on, sampled or full-ranking nDCG@10? Replayed from searches
-whose trials reported both protocols every epoch.
+whose trials reported both protocols every epoch (``tune/search.py --report-both``).
 
 For each search and each protocol, the search's trials are ranked by that protocol's validation nDCG@10 and
 its top configurations chosen between as ``tune/best.py`` chooses (each retrained with best.py's seeds,
