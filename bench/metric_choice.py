@@ -24,7 +24,7 @@ from lrml.evaluate import PROTOCOLS, Evaluator
 from lrml_tune.comparison import candidates, kept_runs
 from lrml_tune.comparison.command import CANDIDATES, resolve
 from lrml_tune.comparison.ease_grid import tune_ease
-from lrml_tune.sweep import Experiment
+from lrml_tune.sweep import Experiment, SearchRecord
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "metric"
@@ -32,23 +32,23 @@ OUT = REPO / "results" / "metric"
 
 def replay(location: str, count: int) -> Path:
     """``results/metric/<search>.json``: the search's choice under each protocol (kept once written)."""
-    searched = Experiment(location)
-    out = OUT / f"{searched.name}.json"
+    searched = SearchRecord.read(location)  # the record alone: each protocol's Experiment below reads the trials
+    settings = searched.settings
+    out = OUT / f"{settings.name}.json"
     if out.exists():
         return out
-    settings = searched.record.settings
     choices = {}
     for metric in PROTOCOLS:
         experiment = Experiment(location, metric)
         if not experiment.trials:
             raise SystemExit(f"{location}: no trial reported validation {metric}; replay needs searches that report "
                              "both protocols")
-        chosen, *_ = candidates(experiment, count, searched.record.dataset_path, kept_runs())
+        chosen, *_ = candidates(experiment, count, searched.dataset_path, kept_runs())
         choices[metric] = {"trial": chosen.trial, "config": chosen.config, "search_valid": chosen.search_valid,
                            "runs": chosen.runs}
-        print(f"{searched.name}: chosen on {metric} validation: trial {chosen.trial}", flush=True)
+        print(f"{settings.name}: chosen on {metric} validation: trial {chosen.trial}", flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    record = {"search": searched.name, "model": settings.model, "dataset": settings.dataset, "seed": settings.seed,
+    record = {"search": settings.name, "model": settings.model, "dataset": settings.dataset, "seed": settings.seed,
               "search_metric": settings.metric, "candidates": count, "choices": choices}
     out.write_text(json.dumps(record, indent=2) + "\n")
     return out
