@@ -4,8 +4,9 @@ pairs, one over the items.
 Autograd spends an LRML step on some 40 elementwise passes over (batch, d) tensors, each a
 round trip through memory (``bench/floor.py``). Here numba computes each positive pair's forward
 and backward, with its k negatives, while their rows are in cache. The pairs are visited user by
-user, so each user's gradient is summed and finished in place; the items' per-pair gradients are
-summed onto the batch's distinct items in a second pass. Rows are prefetched a few pairs ahead
+user, so each user's gradient is summed and finished in place; the items' gradients are summed onto
+each thread's rows of the batch's distinct items as they are made (``_item_layout``), and those onto
+the items in a second pass. Rows are prefetched a few pairs ahead
 (``lrml.prefetch``). Every loss of ``lrml.losses``, both distances and the dot product, and the item
 bias are here; the loss and gradients equal autograd's to float rounding (``tests/test_fused.py``).
 A model offers this path through ``Recommender.fused_options`` and takes it where ``supports`` holds.
@@ -222,32 +223,35 @@ def _negative_scores(t, items_w, negatives, radius, score, bias, use_bias, scale
 
 
 @numba.njit(**KERNEL)
-def _item_gradients(t, q, pos_factor, items_w, negatives, scales, factors, grads, product, out_q, out_negatives,
-                    toward):
-    """The gradients at the clipped items and at ``t`` (into ``toward``): for a distance ``grads[x] g_x (t - q_x)``
+def _item_gradients(t, q, pos_factor, items_w, negatives, scales, factors, grads, product, out_q, item_grads,
+                    negative_rows, toward):
+    """The gradients at the clipped items, added to ``out_q`` (the positive's) and to ``item_grads``'s
+    ``negative_rows`` (each negative's), and at ``t`` (into ``toward``): for a distance ``grads[x] g_x (t - q_x)``
     and their negated sum, for the dot product ``grads[x] t`` and ``sum_x grads[x] q_x``."""
     weight = grads[0] * pos_factor
     if product:
         for d in range(len(t)):
-            out_q[d] = weight * t[d]
+            out_q[d] += weight * t[d]
             toward[d] = weight * q[d]
     else:
         for d in range(len(t)):
-            out_q[d] = weight * (t[d] - q[d])
-            toward[d] = -out_q[d]
+            change = weight * (t[d] - q[d])
+            out_q[d] += change
+            toward[d] = -change
     for n in range(len(negatives)):
         if grads[1 + n] == 0.0:
-            continue  # no gradient, and its row is never read (``_row_gradients`` skips it)
-        row, out = items_w[negatives[n]], out_negatives[n]
+            continue  # no gradient: nothing to add (WARP's k - 1 other negatives, hinge's outside the margin)
+        row, out = items_w[negatives[n]], item_grads[negative_rows[n]]
         weight = grads[1 + n] * factors[n]
         if product:
             for d in range(len(t)):
-                out[d] = weight * t[d]
+                out[d] += weight * t[d]
                 toward[d] += weight * row[d] * scales[n]
         else:
             for d in range(len(t)):
-                out[d] = weight * (t[d] - row[d] * scales[n])
-                toward[d] -= out[d]
+                change = weight * (t[d] - row[d] * scales[n])
+                out[d] += change
+                toward[d] -= change
 
 
 @dataclass(frozen=True)
@@ -276,8 +280,10 @@ def _pair_pass(tables, pairs, options, out):
 
     ``tables``: users, items, keys (transposed), memory, item bias. ``pairs``: the distinct users, where
     each one's pairs start and how many, then the positive items and the (pairs, k) negatives in that
-    order. ``out``: each distinct user's full gradient (through the clip, with the regulariser); each
-    pair's gradients at the clipped items, positives first, then the negatives row by row; each score's
+    order, and ``_item_layout``'s rows: each score's row of ``item_grads`` (positives first, then the
+    negatives pair by pair) and how far apart the threads' rows are. ``out``: each distinct user's full
+    gradient (through the clip, with the regulariser); the gradients at the clipped items, added up in
+    ``item_grads`` (zeroed by the caller); each score's
     gradient (for the item bias); and what the keys' and memory's gradients are summed from: per pair
     ``p * q``, the attention, the loss's gradient at ``p + r`` and at the attention logits (zero for a pair
     that adds no loss). Per chunk of users, one chunk per thread, ``sums`` holds the loss and the users'
@@ -287,7 +293,7 @@ def _pair_pass(tables, pairs, options, out):
     them, where array expressions would allocate a temporary per pair.
     """
     users_w, items_w, keys_t, memory, bias = tables
-    user_rows, user_starts, user_counts, pos, neg = pairs
+    user_rows, user_starts, user_counts, pos, neg, slot_rows, chunk_stride = pairs
     radius, reg_weight, margin, temperature, kind, score, use_memory, use_bias, num_items = options
     user_grads, item_grads, score_grads, products, attentions, towards, logit_grads, sums = out
     chunks, batch, k, n_users, dim = len(sums), len(pos), neg.shape[1], len(user_rows), users_w.shape[1]
@@ -296,6 +302,7 @@ def _pair_pass(tables, pairs, options, out):
             np.zeros(dim, np.float32)
         neg_scores, neg_factors, neg_scales = np.empty(k, np.float32), np.empty(k, np.float32), np.empty(k, np.float32)
         grads = np.empty(k + 1, np.float32)
+        offset = c * chunk_stride  # this thread's rows of ``item_grads``
         for u in range(c * n_users // chunks, (c + 1) * n_users // chunks):
             if u + AHEAD < n_users:
                 prefetch_row(users_w, user_rows[u + AHEAD])
@@ -323,14 +330,16 @@ def _pair_pass(tables, pairs, options, out):
                 _negative_scores(t, items_w, negatives, radius, score, bias, use_bias, neg_scales, neg_scores,
                                  neg_factors)
                 sums[c, 0] += _score_gradients(pos_score, neg_scores, kind, margin, temperature, num_items, grads)
+                out_q = item_grads[offset + slot_rows[j]]
+                negative_rows = offset + slot_rows[batch + j * k:batch + (j + 1) * k]
                 _item_gradients(t, q, pos_factor, items_w, negatives, neg_scales, neg_factors, grads, score == PRODUCT,
-                                item_grads[j], item_grads[batch + j * k:batch + (j + 1) * k], towards[j])
+                                out_q, item_grads, negative_rows, towards[j])
                 score_grads[j] = grads[0]
                 for n in range(k):  # explicit loops: numba's parfor pass dropped slice assignments in this body
                     score_grads[batch + j * k + n] = grads[1 + n]
                 if use_memory:
                     _relation_backward(towards[j], attentions[j], keys_t, memory, logit_grads[j], d_pq)
-                toward, out_q = towards[j], item_grads[j]
+                toward = towards[j]
                 for d in range(dim):
                     g_user[d] += toward[d] + d_pq[d] * q[d]
                     out_q[d] += d_pq[d] * p[d]
@@ -339,27 +348,21 @@ def _pair_pass(tables, pairs, options, out):
 
 
 @numba.njit(parallel=True, **KERNEL)
-def _row_gradients(table, rows, starts, counts, order, pair_grads, score_grads, batch, radius, reg_weight,
-                   row_grads):
-    """Each distinct row's gradient: the sum of its pairs' (``order[starts[k]:][:counts[k]]``), carried back
-    through the clip to the raw row, plus the regulariser's ``reg count x``. A negative whose score has no
-    gradient adds nothing and was never written: WARP's k - 1 other negatives, hinge's outside the margin.
-    Returns the regulariser's sum of ``count ||x||^2``."""
+def _row_gradients(table, rows, counts, parts, chunk_stride, item_grads, radius, reg_weight, row_grads):
+    """Each distinct row's gradient: the sum of its ``parts`` rows of ``item_grads`` (``_item_layout``), carried
+    back through the clip to the raw row, plus the regulariser's ``reg count x``, ``counts`` being how often the
+    batch looks the row up. Returns the regulariser's sum of ``count ||x||^2``."""
     total = 0.0
     for k in prange(len(rows)):
         if k + AHEAD < len(rows):
             prefetch_row(table, rows[k + AHEAD])
-            prefetch_row(pair_grads, order[starts[k + AHEAD]])
         g = row_grads[k]
         for d in range(len(g)):
             g[d] = 0.0
-        for j in range(starts[k], starts[k] + counts[k]):
-            slot = order[j]
-            if slot >= batch and score_grads[slot] == 0.0:
-                continue
-            pair = pair_grads[slot]
+        for part in range(parts[k], parts[k + 1]):
+            summed = item_grads[part if chunk_stride == 0 else (part - parts[k]) * chunk_stride + k]
             for d in range(len(g)):
-                g[d] += pair[d]
+                g[d] += summed[d]
         total += counts[k] * _finish_row(table[rows[k]], g, radius, reg_weight * counts[k])
     return total
 
@@ -468,19 +471,22 @@ class _FusedLoss(torch.autograd.Function):
         user_rows, user_starts, user_counts, user_order = _distinct(users, len(tables[0]))
         pos_items, neg_items = pos_items[user_order], neg_items[user_order]  # the pairs user by user
         item_rows, *item_csr = _distinct(np.concatenate([pos_items, neg_items.reshape(-1)]), len(tables[1]))
-        slots_per_batch = (1 + k) * batch
+        item_counts = item_csr[1]
+        slot_rows, chunk_stride, parts = _item_layout(*item_csr, chunks)
         user_grads = np.empty((len(user_rows), dim), dtype=np.float32)
         item_grads = np.empty((len(item_rows), dim), dtype=np.float32)
-        out = (user_grads, _scratch.take("pair_item_grads", slots_per_batch, dim),
-               _scratch.take("score_grads", slots_per_batch), _scratch.take("products", batch, dim),
-               _scratch.take("attentions", batch, slots), _scratch.take("towards", batch, dim),
-               _scratch.take("logit_grads", batch, slots), np.zeros((chunks, 2)))
-        _pair_pass((*tables, keys_t, memory_np, bias_np), (user_rows, user_starts, user_counts, pos_items, neg_items),
+        summed_item_grads = _scratch.take("item_grads", parts[-1], dim)
+        summed_item_grads.fill(0.0)
+        out = (user_grads, summed_item_grads, _scratch.take("score_grads", (1 + k) * batch),
+               _scratch.take("products", batch, dim), _scratch.take("attentions", batch, slots),
+               _scratch.take("towards", batch, dim), _scratch.take("logit_grads", batch, slots), np.zeros((chunks, 2)))
+        _pair_pass((*tables, keys_t, memory_np, bias_np),
+                   (user_rows, user_starts, user_counts, pos_items, neg_items, slot_rows, chunk_stride),
                    options.as_tuple(), out)
-        _, pair_item_grads, score_grads, products, attentions, towards, logit_grads, sums = out
+        _, _, score_grads, products, attentions, towards, logit_grads, sums = out
         loss, user_norms = sums.sum(axis=0)
-        row_norms = user_norms + _row_gradients(tables[1], item_rows, *item_csr, pair_item_grads, score_grads, batch,
-                                                options.radius, reg_weight, item_grads)
+        row_norms = user_norms + _row_gradients(tables[1], item_rows, item_counts, parts, chunk_stride,
+                                                summed_item_grads, options.radius, reg_weight, item_grads)
         grads = [_sparse_rows(user_rows, user_grads, user_weight.shape),
                  _sparse_rows(item_rows, item_grads, item_weight.shape), None, None, None]
         if options.use_bias:
@@ -506,6 +512,26 @@ class _FusedLoss(torch.autograd.Function):
         if not bool(grad_loss == 1):
             grads = [g if g is None else g * grad_loss for g in grads]
         return (*grads, None, None, None, None, None)
+
+
+def _item_layout(starts: np.ndarray, counts: np.ndarray, order: np.ndarray,
+                 chunks: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """Where the pair pass adds each score's gradient at its item (``_distinct``'s runs of a batch's items):
+    each score's row (``slot_rows``, positives first, then the negatives pair by pair), how far apart the
+    ``chunks`` threads' rows are, and where each distinct item's rows start (``parts``, one past the end last).
+
+    Where items repeat, each thread sums onto its own row of each distinct item (``chunks`` rows an item, far
+    fewer than the scores: a step of LRML's softmax with 20 negatives at batch 8,192 and d = 512 wrote 350 MB
+    of per-score rows, then read them back); where they hardly do, each score has its own row, shared by no
+    thread, in item order, so that an item's rows are adjacent.
+    """
+    distinct, slots = len(starts), len(order)
+    slot_rows = np.empty(slots, np.int64)
+    if chunks * distinct < slots:
+        slot_rows[order] = np.repeat(np.arange(distinct), counts)
+        return slot_rows, distinct, np.arange(distinct + 1) * chunks
+    slot_rows[order] = np.arange(slots)
+    return slot_rows, 0, np.append(starts, slots)
 
 
 def _ids(ids: torch.Tensor, size: int, kind: str) -> np.ndarray:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,6 +161,25 @@ def test_fewer_users_than_threads_equal_autograd(shape):
     else:
         users, pos, neg = users[:1], pos[:1], neg[:1]
     assert_fused_equals_autograd(model, users, pos, neg)
+
+
+def test_items_gradients_sum_per_thread_where_items_repeat_and_per_score_where_they_do_not():
+    """``_item_layout``: one row per thread and distinct item where that is fewer rows than scores, else one per
+    score in item order; both sum to autograd's gradients."""
+    order = np.array([1, 4, 0, 2, 3])  # items [7, 5, 7, 9, 5]: 5 at scores 1 and 4, 7 at 0 and 2, 9 at 3
+    starts, counts = np.array([0, 2, 4]), np.array([2, 2, 1])
+    slot_rows, stride, parts = fused._item_layout(starts, counts, order, chunks=1)
+    assert (slot_rows.tolist(), stride, parts.tolist()) == ([1, 0, 1, 2, 0], 3, [0, 1, 2, 3])
+    slot_rows, stride, parts = fused._item_layout(starts, counts, order, chunks=2)
+    assert (slot_rows.tolist(), stride, parts.tolist()) == ([2, 0, 3, 4, 1], 0, [0, 2, 4, 5])
+
+    torch.manual_seed(0)
+    model = LRML(LRMLConfig(USERS, 200, DIM, SLOTS, margin=0.5, reg_weight=0.1))
+    with torch.no_grad():
+        model.item_embedding.weight.normal_(0.0, 0.6)
+    items = torch.randperm(200)[:80]  # every score's item distinct: a row per score, whatever the threads
+    users = torch.arange(40) % USERS
+    assert_fused_equals_autograd(model, users, items[:40], items[40:])
 
 
 def test_clipping_matters_here():
