@@ -102,10 +102,12 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
     experiment = storage / "killed"
     process = start(storage, "killed", "--num-samples", "8", "--max-epochs", "4", "--grace-period", "2",
                     log=tmp_path / "killed.log")  # rungs at 2 and 4 epochs
-    wait_for(lambda: len(terminated_trials(experiment)) >= 3)  # in the state Tune saves every 2 s
-    told_before = {t.number: (t.state, t.value) for t in study(experiment).trials if t.state.is_finished()}
-    process.kill()  # SIGKILL: no chance to save anything
-    process.wait(timeout=60)
+    try:
+        wait_for(lambda: len(terminated_trials(experiment)) >= 3)  # in the state Tune saves every 2 s
+        told_before = {t.number: (t.state, t.value) for t in study(experiment).trials if t.state.is_finished()}
+    finally:  # also when the wait fails: a search left running refuses every later test's search
+        process.kill()  # SIGKILL: no chance to save anything
+        process.wait(timeout=60)
     before = terminated_trials(experiment)  # what the state saved last says: all a resume can know
     assert len(before) < 8, "the search finished before it could be killed"
     with open(experiment / "scheduler-state.pickle", "rb") as handle:
