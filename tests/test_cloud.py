@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -35,7 +36,7 @@ class Gate:
     objects in memory, so the server itself must stay up)."""
 
     def __init__(self, target_port: int):
-        self.port, self.target_port = free_port(), target_port
+        self.port, self.target_port = port_outside_ephemeral_range(), target_port
         self.listener: socket.socket | None = None
         self.connections: list[socket.socket] = []
         self.lock = threading.Lock()
@@ -76,6 +77,21 @@ class Gate:
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
+
+
+def port_outside_ephemeral_range() -> int:
+    """A free loopback port below the range the system hands out to outgoing connections: while the gate is
+    down, a free port from that range was taken by some process's connection, and the gate could not bind it
+    again ("Address already in use", in CI)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.Random().sample(range(max(1024, low - 8192), low), 256):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port below {low}")
 
 
 @pytest.fixture(scope="module")
