@@ -348,10 +348,10 @@ def _pair_pass(tables, pairs, options, out):
 
 
 @numba.njit(parallel=True, **KERNEL)
-def _row_gradients(table, rows, counts, parts, chunk_stride, item_grads, radius, reg_weight, row_grads):
-    """Each distinct row's gradient: the sum of its ``parts`` rows of ``item_grads`` (``_item_layout``), carried
-    back through the clip to the raw row, plus the regulariser's ``reg count x``, ``counts`` being how often the
-    batch looks the row up. Returns the regulariser's sum of ``count ||x||^2``."""
+def _row_gradients(table, rows, counts, parts, part_rows, item_grads, radius, reg_weight, row_grads):
+    """Each distinct row's gradient: the sum of its rows of ``item_grads`` (``part_rows[parts[k]:parts[k + 1]]``,
+    ``_item_layout``), carried back through the clip to the raw row, plus the regulariser's ``reg count x``,
+    ``counts`` being how often the batch looks the row up. Returns the regulariser's sum of ``count ||x||^2``."""
     total = 0.0
     for k in prange(len(rows)):
         if k + AHEAD < len(rows):
@@ -360,7 +360,7 @@ def _row_gradients(table, rows, counts, parts, chunk_stride, item_grads, radius,
         for d in range(len(g)):
             g[d] = 0.0
         for part in range(parts[k], parts[k + 1]):
-            summed = item_grads[part if chunk_stride == 0 else (part - parts[k]) * chunk_stride + k]
+            summed = item_grads[part_rows[part]]
             for d in range(len(g)):
                 g[d] += summed[d]
         total += counts[k] * _finish_row(table[rows[k]], g, radius, reg_weight * counts[k])
@@ -472,10 +472,10 @@ class _FusedLoss(torch.autograd.Function):
         pos_items, neg_items = pos_items[user_order], neg_items[user_order]  # the pairs user by user
         item_rows, *item_csr = _distinct(np.concatenate([pos_items, neg_items.reshape(-1)]), len(tables[1]))
         item_counts = item_csr[1]
-        slot_rows, chunk_stride, parts = _item_layout(*item_csr, chunks)
+        slot_rows, chunk_stride, parts, part_rows = _item_layout(*item_csr, chunks)
         user_grads = np.empty((len(user_rows), dim), dtype=np.float32)
         item_grads = np.empty((len(item_rows), dim), dtype=np.float32)
-        summed_item_grads = _scratch.take("item_grads", parts[-1], dim)
+        summed_item_grads = _scratch.take("item_grads", len(part_rows), dim)
         summed_item_grads.fill(0.0)
         out = (user_grads, summed_item_grads, _scratch.take("score_grads", (1 + k) * batch),
                _scratch.take("products", batch, dim), _scratch.take("attentions", batch, slots),
@@ -485,7 +485,7 @@ class _FusedLoss(torch.autograd.Function):
                    options.as_tuple(), out)
         _, _, score_grads, products, attentions, towards, logit_grads, sums = out
         loss, user_norms = sums.sum(axis=0)
-        row_norms = user_norms + _row_gradients(tables[1], item_rows, item_counts, parts, chunk_stride,
+        row_norms = user_norms + _row_gradients(tables[1], item_rows, item_counts, parts, part_rows,
                                                 summed_item_grads, options.radius, reg_weight, item_grads)
         grads = [_sparse_rows(user_rows, user_grads, user_weight.shape),
                  _sparse_rows(item_rows, item_grads, item_weight.shape), None, None, None]
@@ -515,10 +515,10 @@ class _FusedLoss(torch.autograd.Function):
 
 
 def _item_layout(starts: np.ndarray, counts: np.ndarray, order: np.ndarray,
-                 chunks: int) -> tuple[np.ndarray, int, np.ndarray]:
+                 chunks: int) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """Where the pair pass adds each score's gradient at its item (``_distinct``'s runs of a batch's items):
     each score's row (``slot_rows``, positives first, then the negatives pair by pair), how far apart the
-    ``chunks`` threads' rows are, and where each distinct item's rows start (``parts``, one past the end last).
+    ``chunks`` threads' rows are, and each distinct item's rows, ``part_rows[parts[k]:parts[k + 1]]``.
 
     Where items repeat, each thread sums onto its own row of each distinct item (``chunks`` rows an item, far
     fewer than the scores: a step of LRML's softmax with 20 negatives at batch 8,192 and d = 512 wrote 350 MB
@@ -529,9 +529,10 @@ def _item_layout(starts: np.ndarray, counts: np.ndarray, order: np.ndarray,
     slot_rows = np.empty(slots, np.int64)
     if chunks * distinct < slots:
         slot_rows[order] = np.repeat(np.arange(distinct), counts)
-        return slot_rows, distinct, np.arange(distinct + 1) * chunks
+        part_rows = (np.arange(distinct)[:, None] + distinct * np.arange(chunks)).reshape(-1)  # item k's: c d + k
+        return slot_rows, distinct, np.arange(distinct + 1) * chunks, part_rows
     slot_rows[order] = np.arange(slots)
-    return slot_rows, 0, np.append(starts, slots)
+    return slot_rows, 0, np.append(starts, slots), np.arange(slots)
 
 
 def _ids(ids: torch.Tensor, size: int, kind: str) -> np.ndarray:

@@ -168,10 +168,16 @@ def test_items_gradients_sum_per_thread_where_items_repeat_and_per_score_where_t
     score in item order; both sum to autograd's gradients."""
     order = np.array([1, 4, 0, 2, 3])  # items [7, 5, 7, 9, 5]: 5 at scores 1 and 4, 7 at 0 and 2, 9 at 3
     starts, counts = np.array([0, 2, 4]), np.array([2, 2, 1])
-    slot_rows, stride, parts = fused._item_layout(starts, counts, order, chunks=1)
-    assert (slot_rows.tolist(), stride, parts.tolist()) == ([1, 0, 1, 2, 0], 3, [0, 1, 2, 3])
-    slot_rows, stride, parts = fused._item_layout(starts, counts, order, chunks=2)
-    assert (slot_rows.tolist(), stride, parts.tolist()) == ([2, 0, 3, 4, 1], 0, [0, 2, 4, 5])
+    slot_rows, stride, parts, part_rows = fused._item_layout(starts, counts, order, chunks=1)
+    assert (slot_rows.tolist(), stride, parts.tolist(), part_rows.tolist()) == ([1, 0, 1, 2, 0], 3, [0, 1, 2, 3],
+                                                                               [0, 1, 2])
+    slot_rows, stride, parts, part_rows = fused._item_layout(starts, counts, order, chunks=2)
+    assert (slot_rows.tolist(), stride, parts.tolist(), part_rows.tolist()) == ([2, 0, 3, 4, 1], 0, [0, 2, 4, 5],
+                                                                               [0, 1, 2, 3, 4])
+    slot_rows, stride, parts, part_rows = fused._item_layout(np.array([0, 3, 6]), np.array([3, 3, 2]), np.arange(8),
+                                                             chunks=2)  # 3 items, 8 scores, 2 threads
+    assert (slot_rows.tolist(), stride, parts.tolist(), part_rows.tolist()) == (
+        [0, 0, 0, 1, 1, 1, 2, 2], 3, [0, 2, 4, 6], [0, 3, 1, 4, 2, 5])
 
     torch.manual_seed(0)
     model = LRML(LRMLConfig(USERS, 200, DIM, SLOTS, margin=0.5, reg_weight=0.1))
