@@ -106,8 +106,9 @@ def worker(rank: int, port: int, args, results) -> None:
     for name, sync_every in (("DDP (dense gradients), every step", None), ("exact gradient, every step", 1),
                              ("local steps", None),
                              ("never exchanging (the ceiling)", NEVER)):
-        model = model_of(args.shape, sparse=not name.startswith("DDP"))
-        if name.startswith("DDP"):
+        ddp = name.startswith("DDP")
+        model = model_of(args.shape, sparse=not ddp)
+        if ddp:
             forward, parallel = torch.nn.parallel.DistributedDataParallel(model), None
             size = args.batch_size // WORLD
         else:
