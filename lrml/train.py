@@ -129,7 +129,7 @@ class EpochReport:
     """What the per-epoch callback receives."""
 
     epoch: int
-    metrics: dict[str, float]  # "loss", "valid/sampled/hr@10", ..., "seconds"
+    metrics: dict[str, float]  # "loss", "valid/sampled/hr@10", ..., "seconds" (this epoch's), "total_seconds"
     improved: bool  # the monitored validation metric is the best so far
     last: bool  # the run stops after this epoch (max_epochs reached or patience spent)
     trainer: "Trainer"
@@ -262,10 +262,11 @@ class Trainer:
         if positives is None:
             positives = self._all_training_pairs
         monitor = monitor_key(self.config.monitor)
-        history, best_value, best_epoch, best_state = [], float("-inf"), 0, None
+        history, best_value, best_epoch, best_state, spent = [], float("-inf"), 0, None, 0.0
         if resume is not None:
             self._restore(resume)
             best_value, best_epoch = resume["metrics"][monitor], resume["epoch"]
+            spent = resume["metrics"].get("total_seconds", 0.0)  # a checkpoint written before runs counted it: 0
             best_state = copy.deepcopy(self.model.state_dict())
         max_epochs = self.config.max_epochs if self.trainable else 1
         for epoch in range(best_epoch + 1, max_epochs + 1):
@@ -275,6 +276,8 @@ class Trainer:
             metrics = {"epoch": epoch, "loss": loss, **self.validate(), "seconds": time.perf_counter() - epoch_start,
                        "validation_seconds": time.perf_counter() - validation_start,
                        "exchange_seconds": self.parallel.exchange_seconds - exchanged}
+            spent += metrics["seconds"]
+            metrics["total_seconds"] = spent  # every epoch up to this one, those before a resumed checkpoint too
             if not all(math.isfinite(metrics[name]) for name in ("loss", monitor)):
                 raise TrainingDiverged(f"epoch {epoch}: loss {loss}, {monitor} {metrics[monitor]}: the model diverged "
                                        f"(lr {self.config.lr:g} may be too high)")

@@ -249,16 +249,18 @@ def test_the_rungs_of_a_search_on_s3_are_saved_beside_it_and_read_back_by_a_resu
     for trial_id, value in (("a", 0.25), ("b", 0.5)):  # b's result within CLOUD_SAVE_SECONDS of a's: not saved yet
         trial = Trial("run_trial", trial_id=trial_id, stub=True)
         first.on_trial_add(None, trial)
-        assert first.on_trial_result(None, trial, {"epoch": 4, MONITOR: value}) == TrialScheduler.CONTINUE
+        assert first.on_trial_result(None, trial, {"epoch": 4, "total_seconds": 4.0, MONITOR: value}) == \
+            TrialScheduler.CONTINUE
     resumed = make_scheduler("asha", max_epochs=36, grace_period=4, state_file=location)
     resumed.set_search_properties(MONITOR, "max")
     decisions = []
     for trial_id, value in (("c", 0.2), ("d", 0.3)):
         trial = Trial("run_trial", trial_id=trial_id, stub=True)
         resumed.on_trial_add(None, trial)
-        decisions.append(resumed.on_trial_result(None, trial, {"epoch": 4, MONITOR: value}))
-    # rung at epoch 4 read back as {a: 0.25}: ASHA's cut-off, the 2/3 quantile, stops c (0.2 < 0.25) and, with c
-    # in the rung, lets d through (0.3 > 0.233); empty rungs would let c through, b's 0.5 saved would stop d (0.333)
+        decisions.append(resumed.on_trial_result(None, trial, {"epoch": 1, "total_seconds": 4.0, MONITOR: value}))
+    # the unit read back (1 s an epoch: a's), so c and d, costly, meet the rung after their first epoch; the rung
+    # read back as {a: 0.25}: ASHA's cut-off, the 2/3 quantile, stops c (0.2 < 0.25) and, with c in the rung, lets
+    # d through (0.3 > 0.233); empty rungs would let c through, b's 0.5 saved would stop d (0.333)
     assert decisions == [TrialScheduler.STOP, TrialScheduler.CONTINUE]
 
 

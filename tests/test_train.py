@@ -154,6 +154,8 @@ def test_a_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one(small_data
     assert saved["epoch"] >= 2, "the run should have improved by then"
     resumed = Trainer(config, small_dataset).fit(resume=saved, final_eval=False).history
     assert [row["epoch"] for row in resumed] == list(range(saved["epoch"] + 1, 6))
+    # the seconds trained go on from the checkpoint's, so a scheduler judges the resumed run at the right rung
+    assert resumed[0]["total_seconds"] == saved["metrics"]["total_seconds"] + resumed[0]["seconds"]
     for before, after in zip(whole[saved["epoch"]:], resumed):  # optimizer and random states carried over
         assert after["loss"] == pytest.approx(before["loss"], abs=1e-6)
         assert after[MONITOR] == pytest.approx(before[MONITOR], abs=1e-6)

@@ -47,7 +47,8 @@ def climbing(config):
     if config["x"] < 0.1:
         raise RuntimeError("diverged")
     for epoch in range(1, MAX_EPOCHS + 1):
-        tune.report({"epoch": epoch, MONITOR: config["x"] * epoch, "last_epoch": epoch == MAX_EPOCHS})
+        tune.report({"epoch": epoch, "total_seconds": float(epoch), MONITOR: config["x"] * epoch,
+                     "last_epoch": epoch == MAX_EPOCHS})
 
 
 def test_the_study_sees_stopped_trials_as_pruned_and_finished_ones_at_their_best(local_ray, tmp_path):

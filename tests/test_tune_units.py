@@ -15,7 +15,8 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from ray import tune
-from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
 from lrml.train import defaults
 from lrml_tune.comparison.stats import bootstrap_ci, paired_randomization_test
@@ -129,6 +130,28 @@ def test_strategies():
     assert [rung for rung, _ in asha._brackets[0]._rungs][::-1] == [2, 6, 18]  # grace 2, reduction factor 3
     with pytest.raises(ValueError, match="searcher 'grid'"):
         make_sampler("grid", 0)
+
+
+def test_the_rungs_count_seconds_trained_in_epochs_of_the_first_trial_to_reach_the_grace_period():
+    """A trial whose epoch costs five of the defaults' meets the first rung (2 epochs' worth) after its first
+    epoch; judged by epochs, it would pass it untested."""
+    monitor = "valid/sampled/ndcg@10"
+    asha = make_scheduler("asha", max_epochs=20, grace_period=2)
+    asha.set_search_properties(monitor, "max")
+    defaults_trial, costly, cheap = (Trial("run_trial", trial_id=name, stub=True) for name in ("a", "b", "c"))
+    for trial in (defaults_trial, costly, cheap):
+        asha.on_trial_add(None, trial)
+    decide = asha.on_trial_result
+    # before any trial has reached the grace period, the unit is unknown and nothing is stopped
+    assert decide(None, costly, {"epoch": 1, "total_seconds": 5.0, monitor: 0.1}) == TrialScheduler.CONTINUE
+    assert decide(None, defaults_trial, {"epoch": 1, "total_seconds": 1.25, monitor: 0.2}) == TrialScheduler.CONTINUE
+    assert decide(None, defaults_trial, {"epoch": 2, "total_seconds": 2.0, monitor: 0.3}) == TrialScheduler.CONTINUE
+    assert asha.epoch_seconds == 1.0  # its 2.0 s over 2 epochs; it entered the rung at 2 epochs' worth with 0.3
+    # 1.5 s is under the rung's 2 epochs' worth: not judged, though below the cut-off
+    assert decide(None, cheap, {"epoch": 3, "total_seconds": 1.5, monitor: 0.05}) == TrialScheduler.CONTINUE
+    # 5 s after one epoch: judged at the rung against 0.3 (the 2/3 quantile of one value), and stopped
+    assert decide(None, costly, {"epoch": 1, "total_seconds": 5.0, monitor: 0.25}) == TrialScheduler.STOP
+    assert [sorted(recorded) for _, recorded in asha._brackets[0]._rungs][::-1] == [["a", "b"], [], []]
 
 
 def test_resource_plan_fills_the_cluster():

@@ -32,8 +32,9 @@ def write_summary(out: Path, records: dict[str, SearchRecord], results: list[Mod
     lines = [f"# `{out.name}`: LRML against baselines tuned with the same care", "",
              f"Dataset **{lrml.dataset}** (prepared fingerprint `{records['lrml'].fingerprint}`), search seed "
              f"{lrml.seed}. Each searched model: {lrml.num_samples} trials of up to {lrml.max_epochs} epochs "
-             f"(patience {lrml.patience}), {lrml.searcher} searcher, {lrml.scheduler} scheduler (grace period "
-             f"{lrml.grace_epochs}), {lrml.workers_per_trial} worker(s) per trial, selecting on validation nDCG@10 "
+             f"(patience {lrml.patience}), {lrml.searcher} searcher, {lrml.scheduler} scheduler (rungs by seconds "
+             f"trained, grace period {lrml.grace_epochs}), {lrml.workers_per_trial} worker(s) per trial, selecting on "
+             f"validation nDCG@10 "
              f"({lrml.metric}). EASE: its one weight searched on the same validation metric by `tune/best.py`. "
              "Popularity: nothing to tune.", ""]
     for model, record in records.items():

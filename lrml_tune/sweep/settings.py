@@ -54,8 +54,10 @@ class SearchSettings:
                                            "--resume goes on with what is left", metavar="DURATION")
     searcher: str = option(DEFAULT_SEARCHER, "how configurations are proposed", choices=SEARCHERS)
     scheduler: str = option(DEFAULT_SCHEDULER, "how weak trials are stopped early", choices=SCHEDULERS)
-    grace_period: int | None = option(None, f"epochs every trial gets before it may be stopped (default "
-                                            f"{DEFAULT_GRACE_PERIOD}, or --max-epochs if fewer)", at_least=1)
+    grace_period: int | None = option(None, f"how long every trial trains before it may be stopped, in epochs of the "
+                                            f"first trial to train that long (default {DEFAULT_GRACE_PERIOD}, or "
+                                            f"--max-epochs if fewer); the rungs count seconds, so a costly trial "
+                                            f"meets them in fewer epochs", at_least=1)
     space_file: str = option("", "search space JSON (default: the model's own, "
                                  "lrml_tune/sweep/default_spaces/<model>.json)", name="--space")
     workers_per_trial: int = option(1, "Ray Train workers per trial (data parallel); a second worker "
@@ -120,8 +122,8 @@ class SearchSettings:
 
     @property
     def grace_epochs(self) -> int:
-        """Epochs every trial trains before the scheduler may stop it: ``grace_period``, or the default cut to a
-        short budget."""
+        """How long every trial trains before the scheduler may stop it, in epochs of the first trial to train that
+        long: ``grace_period``, or the default cut to a short budget."""
         return self.grace_period if self.grace_period is not None else min(DEFAULT_GRACE_PERIOD, self.max_epochs)
 
     @property
