@@ -33,8 +33,7 @@ LABELS = {"lrml": "LRML", "cml": "CML", "bpr": "BPR-MF", "ease": "EASE", "pop": 
 TRAINED = ("lrml", "cml", "bpr")  # retrained with seeds: their tuned-against-defaults cells have a spread
 TUNED = (*TRAINED, "ease")
 ARMS = ("memory", "one-slot")  # bench/memory_ablation.py's
-# the rungs of the committed searches, made before the rungs counted seconds (summary.md gives each one's grace period)
-SEARCHED_WITH = "rungs by epochs, grace period 4; today's count seconds trained, CHANGELOG.md"
+SCHEDULER_WORDS = re.compile(r"scheduler \(([^)]*)\)")  # summary.md's "asha scheduler (rungs by ..., grace period N)"
 START, END = "<!-- results: start -->", "<!-- results: end -->"  # the README's block
 
 
@@ -512,7 +511,18 @@ def ablation_section(root: Path, results: dict, searcher: str) -> list[str]:
 
 # ---- the pages
 
-def setup_lines() -> list[str]:
+def rungs_words(root: Path, results: dict, searcher: str) -> str:
+    """How each dataset's searches stopped trials, as their ``summary.md`` says; a summary that names no measure
+    was written while the rungs counted epochs."""
+    said = {}
+    for dataset, seeds in results.items():
+        for seed in seeds:
+            words = SCHEDULER_WORDS.search((folder(root, dataset, searcher, seed) / "summary.md").read_text())[1]
+            said.setdefault(dataset, set()).add(words if "rungs by" in words else f"rungs by epochs, {words}")
+    return "; ".join(f"{dataset}: {' / '.join(sorted(words))}" for dataset, words in said.items())
+
+
+def setup_lines(root: Path, results: dict, searcher: str) -> list[str]:
     s = SearchSettings()
     return ["# Results", "",
             "Built by `python results/tables.py` from the files in this folder; `--check` (run by the tests) fails "
@@ -526,8 +536,8 @@ def setup_lines() -> list[str]:
             "search's parts (`bench/ablation.py`).",
             "- `ray/` (not committed): the raw Tune experiments these summaries were read from.", "",
             "**The searches.** `python tune/search.py --model M --name <dataset>-M-tpe-s<seed> --seed <seed>` for M in "
-            f"lrml, cml and bpr, each with the defaults: {s.num_samples} trials, {s.searcher.upper()} with "
-            f"{s.scheduler.upper()} ({SEARCHED_WITH}), up to {s.max_epochs} epochs with patience "
+            f"lrml, cml and bpr, each with the defaults of its day: {s.num_samples} trials, {s.searcher.upper()} with "
+            f"{s.scheduler.upper()} ({rungs_words(root, results, searcher)}), up to {s.max_epochs} epochs with patience "
             f"{s.patience}, the spaces in `lrml_tune/sweep/default_spaces/`, selecting on validation nDCG@10 "
             f"({s.metric}); then `python tune/best.py <dataset>-lrml-tpe-s<seed> --tune-baselines` (the ml-100k "
             "searches with `--dataset ml-100k`, its archive checked against GroupLens's checksum).", "",
@@ -564,7 +574,7 @@ def wrapped(lines: list[str]) -> list[str]:
 
 def results_page(root: Path, results: dict, memory: dict, verdicts: dict, searcher: str) -> str:
     slots = memory_slots(root)
-    lines = [*setup_lines(), "## What the files say", "", "- " + memory_sentence(verdicts, results, slots),
+    lines = [*setup_lines(root, results, searcher), "## What the files say", "", "- " + memory_sentence(verdicts, results, slots),
              *against_defaults_words(results), *winners_words(root, results, searcher), *drop_words(results),
              *memory_slots_words(results), *narrow_words(results), "", "Which runs these are:", "",
              *dataset_notes(results), "", *memory_section(memory, verdicts, slots), *metric_section(load_metric(root)),

@@ -91,8 +91,8 @@ def test_settings_no_search_can_run_with_are_refused_naming_the_flag(values, mes
 
 
 def test_the_grace_period_follows_a_short_budget_however_the_settings_are_made():
-    grace = {epochs: SearchSettings(max_epochs=epochs).grace_epochs for epochs in (1, 3, 4, 20)}
-    assert grace == {1: 1, 3: 3, 4: 4, 20: 4}
+    grace = {epochs: SearchSettings(max_epochs=epochs).grace_epochs for epochs in (1, 3, 8, 20)}
+    assert grace == {1: 1, 3: 3, 8: 8, 20: 8}
     assert parse_command_line(["--max-epochs", "3"])[0].grace_epochs == 3
     assert replace(SearchSettings(), max_epochs=2).grace_epochs == 2  # no earlier default left behind
     assert SearchSettings(max_epochs=3, grace_period=2).grace_epochs == 2
