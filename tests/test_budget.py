@@ -52,24 +52,27 @@ def test_a_budget_stops_the_running_trials_and_a_resume_spends_what_is_left(tmp_
     storage = tmp_path / "ray"
     experiment = storage / "budget"
     log = tmp_path / "first.log"
-    process = start(storage, "budget", *search_args("40s"), log=log)
+    process = start(storage, "budget", *search_args("60s"), log=log)
     # stopped once a trial has finished (a first epoch can take most of a slow machine's 25 s) and 8 s are spent
     wait_for(lambda: terminated_trials(experiment) and (experiment / BUDGET_FILE).exists()
              and budget_state(str(experiment / BUDGET_FILE))["spent"] > 8)
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=180) == 128 + signal.SIGINT, log.read_text()[-3000:]
     spent_before = budget_state(str(experiment / BUDGET_FILE))["spent"]
-    assert 8 < spent_before < 40
+    assert 8 < spent_before < 60
 
     resumed = subprocess.run([sys.executable, str(REPO / "tune" / "search.py"), "--resume", "--name", "budget",
                               "--storage-path", str(storage)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     outcome = json.loads((experiment / "lrml_search.json").read_text())["outcome"]
     # Tune's loop checks the budget at each of its steps (well under a second apart) and stops the trials then;
-    # the resumed run had what was left, under 32 s, not a fresh 40 s
-    assert 40 <= outcome["budget_spent_seconds"] < 43
-    assert outcome["search_seconds"] < 40
-    assert outcome["trials_cut"] and outcome["trials"] < 64 and "ran out" in resumed.stdout
+    # the resumed run had what was left, under 52 s, not a fresh 60 s
+    assert 60 <= outcome["budget_spent_seconds"] < 63
+    assert outcome["search_seconds"] < 60
+    # 60 s, not 40: with 40 one CI run's resumed search cut no running trial (its cause unseen: the message now
+    # shows what the resumed run printed); more budget left gives its restored trials time to be running
+    assert outcome["trials_cut"] and outcome["trials"] < 64 and "ran out" in resumed.stdout, \
+        (spent_before, resumed.stdout[-2000:])
     # the trials the budget stopped count: each that trained an epoch kept its best checkpoint, and the search's
     # ranking holds it; one stopped before its first epoch has nothing to keep
     experiment_read = Experiment(str(experiment))
@@ -81,7 +84,7 @@ def test_a_budget_stops_the_running_trials_and_a_resume_spends_what_is_left(tmp_
     # each estimate of the time left is at most the budget left: in the first run, which ended a trial before the
     # interrupt, and in the resumed one if it ended any (its trials may all run until the budget stops them)
     checked = 0
-    for output, budget_left in ((log.read_text(), 40.0), (resumed.stdout, 40 - spent_before)):
+    for output, budget_left in ((log.read_text(), 60.0), (resumed.stdout, 60 - spent_before)):
         for match in PROGRESS.finditer(output):
             minutes, seconds, _, left, unit = match.groups()
             if left is None:
