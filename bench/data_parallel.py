@@ -8,7 +8,7 @@ A trial of one worker trains in its Tune process, as the search runs it; one of 
 passes). Writes ``bench/data_parallel.csv`` (every epoch) and the tables between the markers in
 ``bench/README.md``: the speed-up of each setting over one worker, and the validation curves over seeds.
 
-    python bench/data_parallel.py                      # ml-1m and ml-20m shapes, 3 seeds, and ml-100k's curves
+    python bench/data_parallel.py                      # ml-1m (8 epochs) and ml-20m (3) shapes, 3 seeds; ml-100k's curves
     python bench/data_parallel.py --datasets synthetic-ml-1m:3 --seeds 1 --settings 1 2:1 2:32
     python bench/data_parallel.py --address 127.0.0.2:6379 --settings 2 4 --no-write   # a cluster started before
 """
@@ -78,21 +78,26 @@ def tables(found: pd.DataFrame, args: argparse.Namespace) -> list[str]:
     found = found.assign(setting=[f"{w} worker(s)" if w == 1 else f"{w} workers, sync every {int(k)}"
                                   for w, k in zip(found.workers, found.sync_every.fillna(0))])
     lines = [START, "", f"`python bench/data_parallel.py {' '.join(sys.argv[1:])}`".replace(" `", "`"),
-             f"({os.cpu_count()} CPUs, one run; workers of one CPU each; LRML's defaults, batch "
+             f"({os.cpu_count()} CPUs, one run; a local Ray started as the search starts it, dashboard included; "
+             "workers of one CPU each; LRML's defaults, batch "
              f"{defaults('lrml').batch_size}, no early "
              "stopping; steady epochs: all but the first; pairs/s: the training pairs over an epoch's seconds, "
              "validation included).", "",
              "| shape | setting | steady epoch s (mean over seeds) | of which validation s | of which exchanging s "
-             "| pairs/s | speed-up |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| pairs/s | speed-up | speed-up, seed by seed |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     steady = found[found.epoch > 1]
     for dataset, group in steady.groupby("dataset", sort=False):
         per_setting = group.groupby("setting", sort=False)[["seconds", "validation_seconds", "exchange_seconds"]].mean()
+        per_seed = group.groupby(["setting", "seed"], sort=False)["seconds"].mean()
         one = per_setting["seconds"].get("1 worker(s)")
         for setting, row in per_setting.iterrows():
+            seeds = (" / ".join(f"{per_seed['1 worker(s)'][seed] / seconds:.2f}x"
+                                for seed, seconds in per_seed[setting].items()) if one else "n/a")
             lines.append(f"| {dataset} | {setting} | {row.seconds:.2f} | {row.validation_seconds:.2f} | "
                          f"{row.exchange_seconds:.2f} | "
-                         f"{group.pairs.iloc[0] / row.seconds:,.0f} | {f'{one / row.seconds:.2f}x' if one else 'n/a'} |")
+                         f"{group.pairs.iloc[0] / row.seconds:,.0f} | {f'{one / row.seconds:.2f}x' if one else 'n/a'} "
+                         f"| {seeds} |")
     for dataset, group in found.groupby("dataset", sort=False):
         shown = sorted({1, 2, 3, 4, 5, 10, 15, 20, int(group.epoch.max())} & set(group.epoch))
         lines += ["", f"{dataset}: validation nDCG@10 after each epoch, mean ± sd over the seeds:", "",
@@ -106,7 +111,7 @@ def tables(found: pd.DataFrame, args: argparse.Namespace) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=["ml-100k:20", "synthetic-ml-1m", "synthetic-ml-20m"],
+    parser.add_argument("--datasets", nargs="+", default=["ml-100k:20", "synthetic-ml-1m:8", "synthetic-ml-20m:3"],
                         help="NAME[:EPOCHS] each (ml-100k is read from the shared data folder)")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 1..N")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of a dataset that names none")
@@ -118,7 +123,8 @@ def main() -> int:
     if args.address:
         ray.init(address=args.address, log_to_driver=False)
     else:
-        ray.init(_node_ip_address="127.0.0.2", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # as the search starts its local Ray: the dashboard's processes share the cores with the workers
+        ray.init(_node_ip_address="127.0.0.2", num_cpus=2, include_dashboard=True, log_to_driver=False)
     try:
         found = run(args)
     finally:
