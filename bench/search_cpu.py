@@ -31,7 +31,7 @@ def role(process: psutil.Process, driver: int) -> str:
     if process.pid == driver:
         return "driver"
     try:
-        title = " ".join(process.cmdline()[:1])
+        title = (process.cmdline() or [""])[0]
     except psutil.Error:
         return "ray"
     return "trials" if title.startswith(TRIAL_TITLES) else "ray"
@@ -64,9 +64,9 @@ def sample(search: subprocess.Popen) -> tuple[float, dict[str, float], Counter]:
                 used = cpu_seconds(process)
             except psutil.Error:
                 continue
-            kind = role(process, search.pid)
-            by_role[kind] += used - last_used.get(process.pid, 0.0)
-            busy += kind == "trials" and (used - last_used.get(process.pid, used)) >= BUSY * (now - last)
+            kind, before = role(process, search.pid), last_used.get(process.pid)
+            by_role[kind] += used - (before or 0.0)  # a process first seen: all it has taken so far
+            busy += kind == "trials" and before is not None and used - before >= BUSY * (now - last)
             last_used[process.pid] = used
         busy_seconds[busy] += now - last
         last = now
