@@ -3,10 +3,11 @@ CPU against a Ray Train trial of several workers of one CPU each, seed by seed, 
 epoch's time (training and validation) and validation nDCG@10.
 
 A trial of one worker trains in its Tune process, as the search runs it; one of several workers is a
-``TorchTrainer`` whose workers each train on their block of users, exchanging the shared tables every
-``sync_every`` steps (``lrml.parallel``). Steady epochs are all but the first (which compiles the numba
-passes). Writes ``bench/data_parallel.csv`` (every epoch) and the tables between the markers in
-``bench/README.md``: the speed-up of each setting over one worker, and the validation curves over seeds.
+``TorchTrainer`` whose workers each train on their block of users, sharing the item tables in the machine's
+memory, or, with ``WORKERS:SYNC_EVERY``, exchanging them every ``SYNC_EVERY`` steps (``lrml.parallel``).
+Steady epochs are all but the first (which compiles the numba passes). Writes ``bench/data_parallel.csv`` (every
+epoch) and the tables between the markers in ``bench/README.md``: the speed-up of each setting over one worker,
+and the validation curves over seeds.
 
     python bench/data_parallel.py                      # ml-1m (8 epochs) and ml-20m (3) shapes, 3 seeds; ml-100k's curves
     python bench/data_parallel.py --datasets synthetic-ml-1m:3 --seeds 1 --settings 1 2:1 2:32
@@ -43,7 +44,7 @@ def parse_dataset(text: str, epochs: int) -> tuple[str, int]:
 
 
 def parse_setting(text: str) -> tuple[int, int | None]:
-    """``WORKERS`` or ``WORKERS:SYNC_EVERY`` (default: the search's, chosen by ``lrml.parallel.auto_sync_every``)."""
+    """``WORKERS`` or ``WORKERS:SYNC_EVERY`` (default: the search's: shared memory on one machine)."""
     workers, _, every = text.partition(":")
     return int(workers), int(every) if every else SearchSettings.sync_every
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                     name = f"{dataset}-w{workers}-k{every or 'auto'}-s{seed}"
                     for epoch in fit_trial(spec, storage, name)[1]:
                         rows.append({"dataset": dataset, "pairs": manifest["counts"]["train"], "seed": seed,
-                                     "workers": workers, "sync_every": epoch["sync_every"] if workers > 1 else None,
+                                     "workers": workers, "exchange": epoch["exchange"] if workers > 1 else None,
                                      "epoch": epoch["epoch"], "seconds": epoch["seconds"],
                                      "validation_seconds": epoch["validation_seconds"],
                                      "exchange_seconds": epoch["exchange_seconds"],
@@ -75,8 +76,8 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
 
 def tables(found: pd.DataFrame, args: argparse.Namespace) -> list[str]:
     """The speed-up table (steady epochs) and the curves table (validation nDCG@10 per epoch, mean ± sd)."""
-    found = found.assign(setting=[f"{w} worker(s)" if w == 1 else f"{w} workers, sync every {int(k)}"
-                                  for w, k in zip(found.workers, found.sync_every.fillna(0))])
+    found = found.assign(setting=[f"{w} worker(s)" if w == 1 else f"{w} workers, {exchange}"
+                                  for w, exchange in zip(found.workers, found.exchange)])
     lines = [START, "", f"`python bench/data_parallel.py {' '.join(sys.argv[1:])}`".replace(" `", "`"),
              f"({os.cpu_count()} CPUs, one run; a local Ray started as the search starts it, dashboard included; "
              "workers of one CPU each; LRML's defaults, batch "
@@ -116,7 +117,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 1..N")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of a dataset that names none")
     parser.add_argument("--settings", nargs="+", default=["1", "2"],
-                        help="WORKERS[:SYNC_EVERY] per trial (default: one worker, and two at the search's --sync-every)")
+                        help="WORKERS[:SYNC_EVERY] per trial (default: one worker, and two as the search runs them)")
     parser.add_argument("--address", help="a Ray cluster to run on (default: a local Ray of this machine's 2 CPUs)")
     parser.add_argument("--no-write", action="store_true", help="print, but leave bench/README.md and the CSV alone")
     args = parser.parse_args()

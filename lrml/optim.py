@@ -34,10 +34,14 @@ class RowWiseAdam(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "maximize": False})
         self.steps_per_step = 1  # steps of one process that each step stands for (see Optimizer)
 
+    @staticmethod
+    def new_state(param: torch.Tensor) -> dict:
+        """A parameter's state before its first step."""
+        return {"step": 0, "exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}
+
     @torch.no_grad()
     def step(self, closure=None):
-        for group, param, state, rows, grad_rows in _row_steps(self, lambda param: {
-                "step": 0, "exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}):
+        for group, param, state, rows, grad_rows in _row_steps(self):
             beta1, beta2 = group["betas"]
             step = state["step"]
             step_size = group["lr"] * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
@@ -45,9 +49,9 @@ class RowWiseAdam(torch.optim.Optimizer):
                        beta1, beta2, group["eps"], step_size)
 
 
-def _row_steps(optimizer: torch.optim.Optimizer, new_state):
-    """Each parameter with a gradient, as rows (a 1-D one a column), its state so viewed (begun by
-    ``new_state(param)``, its step counted), and the distinct rows its gradient touches: a sparse gradient's,
+def _row_steps(optimizer: RowWiseAdam | RowWiseAdagrad):
+    """Each parameter with a gradient, as rows (a 1-D one a column), its state so viewed (begun by the
+    optimizer's ``new_state``, its step counted), and the distinct rows its gradient touches: a sparse gradient's,
     or every row of a dense one. A parameter whose gradient touches no row is left out."""
     for group in optimizer.param_groups:
         for param in group["params"]:
@@ -55,7 +59,7 @@ def _row_steps(optimizer: torch.optim.Optimizer, new_state):
                 continue
             state = optimizer.state[param]
             if not state:
-                state.update(new_state(param))
+                state.update(optimizer.new_state(param))
             state["step"] += optimizer.steps_per_step
             if param.grad.is_sparse:
                 rows, grad_rows = _distinct_rows(param.grad)
@@ -126,10 +130,14 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                                   "initial_accumulator_value": 0.0})
         self.steps_per_step = 1  # steps of one process that each step stands for (see Optimizer)
 
+    @staticmethod
+    def new_state(param: torch.Tensor) -> dict:
+        """A parameter's state before its first step."""
+        return {"step": torch.tensor(0.0), "sum": torch.zeros_like(param)}
+
     @torch.no_grad()
     def step(self, closure=None):
-        for group, param, state, rows, grad_rows in _row_steps(self, lambda param: {
-                "step": torch.tensor(0.0), "sum": torch.zeros_like(param)}):
+        for group, param, state, rows, grad_rows in _row_steps(self):
             _adagrad_rows(param, state["sum"], rows, grad_rows, group["lr"], group["eps"])
 
 

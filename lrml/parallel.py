@@ -1,15 +1,20 @@
 """Data-parallel strategies for the trainer: one process (nothing to exchange) or a process group.
 
-The trainer asks its strategy which worker it is, how many pairs a step of this worker takes, to
-exchange what the workers share (after ``backward``, after the optimizer step, at the end of an
-epoch), to hand every worker the rows the others own (before a checkpoint), and to agree on values
-every worker must share (the step count of an epoch, the validation metrics' sums).
+The trainer asks its strategy which worker it is, how many pairs a step of this worker takes and
+which steps to take in an epoch, to exchange what the workers share (after ``backward``, after the
+optimizer step, at the ends of an epoch), to hand every worker the rows the others own (before a
+checkpoint), and to agree on values every worker must share (the validation metrics' sums).
 
 Each worker trains on a block of whole users (``lrml.data.Shard``), so the user table's rows a
 worker updates are rows no other worker reads: they are never exchanged, only gathered when a
 checkpoint is written. The tables every worker reads (items, LRML's memory and keys) are shared in
-one of two ways, chosen by ``sync_every`` (by default, ``auto_sync_every``):
+one of three ways, chosen by ``sync_every``:
 
+- ``None`` (the default), on one node: the shared tables and their optimizer state live in memory
+  every worker maps (``SharedTables``). Each worker takes steps of a whole ``batch_size`` on its own
+  users and writes its updates in place, where the others read them at once, without locks, as
+  Hogwild (Recht et al., 2011) does: nothing is exchanged, and the workers meet only at the ends
+  of an epoch. Workers on several nodes, or on GPUs, take rounds of ``auto_sync_every`` steps.
 - ``1``, exact: every step, each worker computes the gradient of its share of the global batch,
   the shared tables' gradients are summed over the workers, and every worker takes the global
   batch's step. The loss is a sum over the batch, so the sum is the global batch's gradient. It
@@ -21,14 +26,13 @@ one of two ways, chosen by ``sync_every`` (by default, ``auto_sync_every``):
   a step's time here (``bench/gradient_exchange.py``), so an exchange every step leaves two workers
   slower than one; the rounds' cost in quality is measured in ``bench/data_parallel.py``.
 
-With sparse gradients on gloo, DistributedDataParallel aborted a CPU worker with a corrupted heap
-within 20,000 steps in each of two runs here (torch 2.13), and NCCL has no sparse all-reduce: a
-sparse gradient travels as its rows, all-gathered with the dense collectives every backend has.
 """
 from __future__ import annotations
 
 import math
+import os
 import time
+import uuid
 
 import torch
 import torch.distributed as dist
@@ -42,6 +46,7 @@ from lrml.model import Recommender, split_parameters
 # A round of local steps is made long enough that its exchange costs about a tenth of its training.
 EXCHANGE_SECONDS, EXCHANGE_SECONDS_PER_FLOAT, STEP_SECONDS_PER_PAIR = 1e-3, 4e-9, 3.4e-6
 EXCHANGE_SHARE = 0.1
+SHARED_MEMORY = "/dev/shm"  # where workers on one machine keep the tables they share
 
 
 def auto_sync_every(shared_floats: int, batch_size: int) -> int:
@@ -67,6 +72,10 @@ class SingleProcess:
     def user_block(self, num_users: int) -> tuple[int, int]:
         return 0, num_users
 
+    def steps(self, pairs: int, batch_size: int) -> range:
+        """The steps of an epoch over ``pairs``: one pass."""
+        return range(-(-pairs // batch_size))
+
     def begin_epoch(self) -> None:
         """Nothing to exchange."""
 
@@ -78,6 +87,9 @@ class SingleProcess:
 
     def end_epoch(self) -> None:
         """Nothing to exchange."""
+
+    def share_state(self, optimizer) -> None:
+        """Nothing is shared."""
 
     def gather_owned(self, optimizer) -> None:
         """One worker owns every row."""
@@ -104,6 +116,7 @@ class Collective:
         self._owned: list[torch.nn.Parameter] = []
         self._gradients: GradientSync | None = None
         self._changes: ChangeSum | None = None
+        self._shared: SharedTables | None = None
         self._gradient_seconds = 0.0
         self.device = torch.device("cpu")
 
@@ -116,6 +129,9 @@ class Collective:
         self._owned = model.user_tables()
         sparse, dense = ([param for param in group if all(param is not owned for owned in self._owned)]
                          for group in split_parameters(model))
+        if self.sync_every is None and self.device.type == "cpu" and self._memory_is_shared():
+            self._shared = SharedTables(sparse + dense)
+            return
         if self.sync_every is None:
             self.sync_every = auto_sync_every(sum(param.numel() for param in sparse + dense), batch_size)
         if self.sync_every == 1:
@@ -125,6 +141,24 @@ class Collective:
         else:
             self._changes = ChangeSum(sparse + dense, self.sync_every)
 
+    def _memory_is_shared(self) -> bool:
+        """Whether every worker sees a file rank 0 makes in its shared memory (``/dev/shm``): one machine's."""
+        probe = _in_shared_memory(f"lrml-probe-{uuid.uuid4().hex}")
+        if self.rank == 0 and os.path.isdir(SHARED_MEMORY):
+            open(probe, "x").close()
+        dist.barrier()  # made before any worker looks
+        [seen] = self.agree_sum([float(os.path.exists(probe))])
+        if self.rank == 0 and os.path.exists(probe):
+            os.unlink(probe)
+        return seen == self.world_size
+
+    @property
+    def exchange(self) -> str:
+        """How the shared tables are kept equal, in words (each epoch's report carries it)."""
+        if self._shared is not None:
+            return "shared memory"
+        return "every step, exact" if self.sync_every == 1 else f"every {self.sync_every} steps"
+
     @property
     def steps_per_step(self) -> int:
         """Steps of one process that a step of this worker stands for: one of the global batch's, or, with local
@@ -132,7 +166,7 @@ class Collective:
         return 1 if self.sync_every == 1 else self.world_size
 
     def batch_share(self, batch_size: int) -> int:
-        """Pairs a step of this worker takes: its share of the global batch, or a whole batch of local steps."""
+        """Pairs a step of this worker takes: its share of the global batch, or a whole batch of its own steps."""
         return math.ceil(batch_size / self.world_size) if self.sync_every == 1 else batch_size
 
     def user_block(self, num_users: int) -> tuple[int, int]:
@@ -142,13 +176,31 @@ class Collective:
     @property
     def exchange_seconds(self) -> float:
         """Seconds this worker has spent exchanging the shared tables, waiting for the others included."""
-        return self._gradient_seconds + (self._changes.seconds if self._changes is not None else 0.0)
+        waited = self._shared.seconds if self._shared is not None else 0.0
+        return waited + self._gradient_seconds + (self._changes.seconds if self._changes is not None else 0.0)
+
+    def share_state(self, optimizer) -> None:
+        """With shared memory: the shared tables' optimizer state there too, as it is now (every worker must hold
+        the same). Call it when the optimizer is made and after a checkpoint is restored into it."""
+        if self._shared is not None:
+            self._shared.share_state(optimizer)
+
+    def steps(self, pairs: int, batch_size: int):
+        """The steps of this worker's epoch over its ``pairs``. Every worker takes as many as the one with the most
+        pairs needs (a collective); with shared memory, the workers instead take steps until they have taken,
+        together, as many as their pairs need, so that one slowed down is not waited for."""
+        if self._shared is not None:
+            return self._shared.steps(int(self.agree_sum([-(-pairs // batch_size)])[0]))
+        return range(self.agree_max(-(-pairs // batch_size)))
 
     def begin_epoch(self) -> None:
         """Count changes from the shared tables as they are now, the same on every worker (after the last epoch's
-        exchange, or after every worker restored one checkpoint)."""
+        exchange, or after every worker restored one checkpoint); with shared memory, start when every worker has
+        finished the last epoch (its validation and checkpoint read the tables the others would write)."""
         if self._changes is not None:
             self._changes.restart()
+        if self._shared is not None:
+            self._shared.meet()
 
     def after_backward(self) -> None:
         if self._gradients is not None:
@@ -164,6 +216,9 @@ class Collective:
         """Exchange what is left of the round, so that every worker validates the same shared tables."""
         if self._changes is not None:
             self._changes.exchange()
+        if self._shared is not None:
+            self._shared.meet()
+            self._shared.restart_count()
 
     def gather_owned(self, optimizer) -> None:
         """Every worker's rows of the user tables, and of their optimizer state, on every worker: before a
@@ -199,6 +254,80 @@ class Collective:
         found = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(found)
         return found.tolist()
+
+
+class SharedTables:
+    """``params`` (every worker's, equal) moved into memory that every worker of one machine maps, so that a
+    worker's in-place update is every worker's at once (Hogwild). Each tensor lives in a file of the machine's
+    shared memory that rank 0 makes and every worker maps; the file is removed once all have, so the memory goes
+    when the last worker exits. Making the tables, sharing optimizer state and ``meet`` are collectives."""
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.seconds = 0.0
+        self.params = params
+        self._state: dict[tuple[int, str], torch.Tensor] = {}
+        with torch.no_grad():
+            for param in params:
+                param.data = self._mapped(param.data)
+        # the steps each worker took this epoch, each worker writing only its own
+        self._taken = self._mapped(torch.zeros(dist.get_world_size(), dtype=torch.long))
+
+    def steps(self, total: int):
+        """This worker's steps, counted 0, 1, ..., until the workers have taken ``total`` together. A worker reads
+        the others' counts without waiting for them, so each may take one step more: ``total + world - 1`` at most."""
+        mine, step = self._taken[dist.get_rank()], 0
+        while int(self._taken.sum()) < total:
+            mine += 1
+            yield step
+            step += 1
+
+    def restart_count(self) -> None:
+        """Count the next epoch's steps from zero: rank 0, between two ``meet``s."""
+        if dist.get_rank() == 0:
+            self._taken.zero_()
+
+    def share_state(self, optimizer) -> None:
+        """Each shared parameter's optimizer state that has its shape (Adam's moments, Adagrad's sums) mapped,
+        its values kept: begun now if the optimizer has not begun it."""
+        for part in optimizer.parts:
+            for param in self.params:
+                state = part.state[param]
+                if not state:
+                    state.update(part.new_state(param))
+                for key, value in state.items():
+                    if torch.is_tensor(value) and value.shape == param.shape:
+                        if (id(param), key) not in self._state:
+                            self._state[id(param), key] = self._mapped(value)
+                        else:
+                            self._write(self._state[id(param), key], value)
+                        state[key] = self._state[id(param), key]
+
+    def meet(self) -> None:
+        """Wait until every worker gets here (the time waited is counted as exchanging)."""
+        started = time.perf_counter()
+        dist.barrier()
+        self.seconds += time.perf_counter() - started
+
+    def _mapped(self, values: torch.Tensor) -> torch.Tensor:
+        """A tensor of ``values`` (the same on every worker) in memory every worker maps."""
+        path = _in_shared_memory(f"lrml-shared-{uuid.uuid4().hex}")
+        if dist.get_rank() == 0:
+            mapped = torch.from_file(path, shared=True, size=values.numel(), dtype=values.dtype)
+        dist.barrier()  # the file exists
+        if dist.get_rank() != 0:
+            mapped = torch.from_file(path, shared=True, size=values.numel(), dtype=values.dtype)
+        mapped = mapped.view(values.shape)
+        self._write(mapped, values)
+        if dist.get_rank() == 0:
+            os.unlink(path)
+        return mapped
+
+    @staticmethod
+    def _write(mapped: torch.Tensor, values: torch.Tensor) -> None:
+        """Rank 0 writes ``values`` into ``mapped``; every worker waits until it has (all hold the same values)."""
+        if dist.get_rank() == 0:
+            mapped.copy_(values)
+        dist.barrier()
 
 
 class ChangeSum:
@@ -306,6 +435,14 @@ class GradientSync:
         parts = [torch.empty_like(tensor) for _ in range(self.world)]
         dist.all_gather(parts, tensor)
         return torch.cat(parts)
+
+
+def _in_shared_memory(name: str) -> str:
+    """The path of rank 0's file ``name`` in this worker's shared memory (a collective: rank 0's name is every
+    worker's)."""
+    names = [name]
+    dist.broadcast_object_list(names, src=0)
+    return os.path.join(SHARED_MEMORY, names[0])
 
 
 def _rows(param: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -166,6 +166,7 @@ class Trainer:
         self.model = build_model(config, dataset.num_users, dataset.num_items).to(self.device)
         parallel.attach(self.model, config.batch_size)
         self.optimizer = Optimizer(self.model, config.optimizer, config.lr, parallel.steps_per_step)
+        parallel.share_state(self.optimizer)
         self.batch_size = parallel.batch_share(config.batch_size)  # the pairs of this worker's step
         self.sampler = NegativeSampler(dataset.train_keys, dataset.num_items, seed=config.seed * 1000 + parallel.rank)
         self.shuffle_rng = np.random.default_rng(config.seed * 1000 + parallel.rank + 500)
@@ -184,7 +185,8 @@ class Trainer:
         """One pass over the given positive pairs with fresh negatives (``num_negatives`` per pair, drawn batch by
         batch); the mean loss per positive pair over all workers. A closed-form model is fitted instead.
 
-        Every worker takes the same number of steps; a worker whose share is short wraps around.
+        A worker takes the steps its strategy gives (``lrml.parallel``), wrapping around its pairs if they run
+        out.
         """
         if not self.trainable:
             self.model.fit(*(torch.as_tensor(ids, dtype=torch.long, device=self.device) for ids in (users, items)))
@@ -195,12 +197,12 @@ class Trainer:
         users_t = torch.as_tensor(users, dtype=torch.long, device=self.device)
         pos_t = torch.as_tensor(items, dtype=torch.long, device=self.device)
         size, k = self.batch_size, self.config.num_negatives
-        steps = self.parallel.agree_max(-(-len(users) // size))
-        total = torch.zeros((), device=self.device)
+        total, trained = torch.zeros((), device=self.device), 0
         self.model.train()
-        for step in range(steps):
+        for step in self.parallel.steps(len(users), size):
             start = (step * size) % max(len(users), 1)
             batch = slice(start, start + size)
+            trained += len(users[batch])
             negatives = self.sampler.sample(np.repeat(users[batch], k)).reshape(-1, k)
             self.optimizer.zero_grad()
             loss = self.model(users_t[batch], pos_t[batch], torch.as_tensor(negatives, device=self.device))
@@ -210,7 +212,7 @@ class Trainer:
             self.parallel.after_step()
             total += loss.detach()
         self.parallel.end_epoch()
-        loss_sum, pairs = self.parallel.agree_sum([total.item(), min(steps * size, len(users))])
+        loss_sum, pairs = self.parallel.agree_sum([total.item(), trained])
         return loss_sum / max(pairs, 1)
 
     def validate(self) -> dict[str, float]:
@@ -244,6 +246,7 @@ class Trainer:
         self.model.load_state_dict(checkpoint["state_dict"])
         state = checkpoint["training_state"]
         self.optimizer.load_state_dict(state["optimizer"])
+        self.parallel.share_state(self.optimizer)
         self.sampler.rng.bit_generator.state = state["sampler_rng"]
         self.shuffle_rng.bit_generator.state = state["shuffle_rng"]
         torch.set_rng_state(state["torch_rng"])

@@ -63,9 +63,10 @@ class SearchSettings:
     workers_per_trial: int = option(1, "Ray Train workers per trial (data parallel); a second worker "
                                            "pays from about a million training pairs up (docs/speed.md)", at_least=1)
     sync_every: int | None = option(None, "a trial of several workers: steps each worker takes on its own users "
-                                          "between exchanges of the shared tables (default: enough that exchanging "
-                                          "costs about a tenth of training; 1: the exact global-batch gradient every "
-                                          "step)", at_least=1)
+                                          "between exchanges of the shared tables (default: none on one machine, "
+                                          "whose workers share the tables in memory; across machines, enough that "
+                                          "exchanging costs about a tenth of training; 1: the exact global-batch "
+                                          "gradient every step)", at_least=1)
     cpus_per_worker: float = option(1.0, "CPUs each worker reserves", above=0)
     gpus_per_worker: float = option(0.0, "GPUs each worker reserves", at_least=0)
     concurrency: int | None = option(None, "trials at once (default: as many as the cluster holds now; set it on a "

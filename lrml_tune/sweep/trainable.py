@@ -133,7 +133,7 @@ class TrialSpec:
     train_storage: str | None = None  # where TorchTrainer runs keep their checkpoints
     max_failures: int = 0  # TorchTrainer restarts after a worker fails or its workers could not start
     ray_data_reads: bool = True  # several workers get their pairs through Ray Data; False: each reads with pyarrow
-    sync_every: int | None = None  # several workers: steps between exchanges (lrml.parallel; None: automatic)
+    sync_every: int | None = None  # several workers: steps between exchanges (None: shared memory on one machine; lrml.parallel)
 
     def __post_init__(self):
         if self.workers > 1 and not self.ray_train:
@@ -201,7 +201,7 @@ def _worker_loop(config: TrainConfig, spec: TrialSpec, trial_id: str, blocks: li
     trainer = Trainer(config, dataset, Collective(spec.sync_every) if world > 1 else SingleProcess(), device)
     where = _announce(trial_id, rank, world, len(dataset.train_users), "pyarrow" if blocks is None else "ray.data")
     if world > 1:
-        where["sync_every"] = trainer.parallel.sync_every  # as chosen for this model and batch
+        where["exchange"] = trainer.parallel.exchange  # as chosen for this model, batch and placement
     trainer.fit(callback=_reporter(ray.train.report, ray.train.Checkpoint, where, rank), final_eval=False,
                 resume=_read_checkpoint(ray.train.get_checkpoint(), dataset.fingerprint))
 
