@@ -129,7 +129,9 @@ class Collective:
         self._owned = model.user_tables()
         sparse, dense = ([param for param in group if all(param is not owned for owned in self._owned)]
                          for group in split_parameters(model))
-        if self.sync_every is None and self.device.type == "cpu" and self._memory_is_shared():
+        # the tables and at most two optimizer tensors each (Adam's moments), and the step counts
+        shared_bytes = 3 * sum(param.numel() * param.element_size() for param in sparse + dense) + 8 * self.world_size
+        if self.sync_every is None and self.device.type == "cpu" and self._memory_is_shared(shared_bytes):
             self._shared = SharedTables(sparse + dense)
             return
         if self.sync_every is None:
@@ -141,10 +143,11 @@ class Collective:
         else:
             self._changes = ChangeSum(sparse + dense, self.sync_every)
 
-    def _memory_is_shared(self) -> bool:
-        """Whether every worker sees a file rank 0 makes in its shared memory (``/dev/shm``): one machine's."""
+    def _memory_is_shared(self, nbytes: int) -> bool:
+        """Whether every worker sees a file rank 0 makes in its shared memory (``/dev/shm``: one machine's), where
+        ``nbytes`` fit."""
         probe = _in_shared_memory(f"lrml-probe-{uuid.uuid4().hex}")
-        if self.rank == 0 and os.path.isdir(SHARED_MEMORY):
+        if self.rank == 0 and has_room(SHARED_MEMORY, nbytes):
             open(probe, "x").close()
         dist.barrier()  # made before any worker looks
         [seen] = self.agree_sum([float(os.path.exists(probe))])
@@ -435,6 +438,16 @@ class GradientSync:
         parts = [torch.empty_like(tensor) for _ in range(self.world)]
         dist.all_gather(parts, tensor)
         return torch.cat(parts)
+
+
+def has_room(folder: str, nbytes: int) -> bool:
+    """Whether ``folder`` exists with twice ``nbytes`` free. A file of shared memory is given its pages as they are
+    written, so one that outgrows the space left kills its process (SIGBUS), and other trials on the machine map
+    theirs in the same folder (a container's ``/dev/shm`` is often 64 MB)."""
+    if not os.path.isdir(folder):
+        return False
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize >= 2 * nbytes
 
 
 def _in_shared_memory(name: str) -> str:

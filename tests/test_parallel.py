@@ -249,6 +249,14 @@ def test_workers_that_do_not_share_memory_take_rounds(tmp_path):
     run_workers(check_workers_apart_take_rounds, free_port(), [str(folder) for folder in folders])
 
 
+def test_shared_memory_is_used_only_where_the_tables_fit_twice_over(tmp_path):
+    stats = os.statvfs(tmp_path)
+    free = stats.f_bavail * stats.f_frsize  # what other processes write or free meanwhile moves it little
+    assert parallel_module.has_room(str(tmp_path), free // 4)
+    assert not parallel_module.has_room(str(tmp_path), free)
+    assert not parallel_module.has_room(str(tmp_path / "missing"), 1)
+
+
 def check_steps_are_shared_out(rank: int, results) -> None:
     """Workers sharing memory take the epoch's steps between them: a slowed worker takes fewer, none waits, and
     together they take the total, or at most one more each but the last (a count read while another moves)."""
