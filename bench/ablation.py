@@ -9,7 +9,7 @@ search is read from what ``best.py`` wrote for it (``results/<full>/``); every s
 top configuration by validation, retrained with the seeds ``best.py`` uses and evaluated on test in both
 protocols.
 
-    python bench/ablation.py --full ml-100k-lrml-tpe-s0 --dataset ml-100k --data-dir ../shared/data/ml-100k --seed 0
+    python bench/ablation.py --full ml-100k-lrml-tpe-s0 --dataset ml-100k --data-dir path/to/ml-100k --seed 0
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ trial by validation is evaluated as ``tune/best.py`` evaluates it: its checkpoin
 folder under ``results/memory/`` is kept once written, so a stopped run goes on where it stopped;
 ``python results/tables.py`` builds the table and the README's answer from those folders.
 
-    python bench/memory_ablation.py --dataset ml-100k --data-dir ../shared/data/ml-100k --seeds 0 1 2
+    python bench/memory_ablation.py --dataset ml-100k --data-dir path/to/ml-100k --seeds 0 1 2
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def evaluate_arm(arm: str, dataset: str, data_dir: str | None, seed: int) -> Non
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="ml-latest-small")
-    parser.add_argument("--data-dir", help="the dataset's archive or folder (ml-100k: ../shared/data/ml-100k)")
+    parser.add_argument("--data-dir", help="the dataset's archive or folder (ml-100k: GroupLens's folder or zip)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search seeds")
     args = parser.parse_args()
     for seed in args.seeds:

@@ -79,7 +79,7 @@ def main() -> int:
                         help=f"top configurations retrained to choose from, as tune/best.py (default {CANDIDATES})")
     parser.add_argument("--ease", nargs="*", metavar="DATASET", default=[],
                         help="datasets on which to choose EASE's weight on each protocol")
-    parser.add_argument("--data-dir", help="the --ease dataset's archive or folder (ml-100k: ../shared/data/ml-100k)")
+    parser.add_argument("--data-dir", help="the --ease dataset's archive or folder (ml-100k: GroupLens's folder or zip)")
     args = parser.parse_args()
     for search in args.searches:
         print(f"wrote {replay(resolve(search), args.candidates)}", flush=True)

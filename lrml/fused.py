@@ -35,9 +35,19 @@ SCORE_CODES = {"l2": 0, "squared": 1, "product": 2}  # LRML's distances (``LRMLC
 L2, SQUARED, PRODUCT = SCORE_CODES.values()
 
 
+def compiled_threads() -> int:
+    """The threads the compiled passes run on: torch's, at most the pool numba started with."""
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
 def use_torch_threads() -> None:
-    """Run numba's parallel loops on as many threads as torch's (at most the pool numba started with)."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """Run numba's parallel loops on as many threads as torch's (at most the pool numba started with). The first
+    call starts numba's OpenMP pool, which sets OpenMP's thread count, torch's with it, to the pool's size: torch's
+    is put back."""
+    wanted = torch.get_num_threads()
+    numba.set_num_threads(compiled_threads())
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
 
 @numba.njit(**KERNEL)

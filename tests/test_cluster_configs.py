@@ -92,6 +92,11 @@ def test_kuberay_manifest_passes_kuberays_own_schema_strictly(name):
     assert {port["containerPort"] for port in head["ports"]} >= {6379, 8265}
     for group in spec["workerGroupSpecs"]:
         assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    for pod in [spec["headGroupSpec"]["template"]["spec"], *(g["template"]["spec"] for g in spec["workerGroupSpecs"])]:
+        # /dev/shm in the pod's memory: Kubernetes' default is 64 MB, too little for Ray's object store
+        memory = {volume["name"] for volume in pod["volumes"] if volume.get("emptyDir", {}).get("medium") == "Memory"}
+        assert any(mount["mountPath"] == "/dev/shm" and mount["name"] in memory
+                   for mount in pod["containers"][0]["volumeMounts"]), pod
 
 
 MISSPELLINGS = [

@@ -178,12 +178,18 @@ def test_a_search_refuses_beside_a_ray_it_did_not_start(tmp_path):
 
 def test_a_search_without_an_address_starts_its_own_ray_whatever_ray_address_names(tmp_path):
     """Ray would join the cluster RAY_ADDRESS names, or the one a dead Ray's /tmp/ray/ray_current_cluster still
-    names, and wait for it forever: without ``--address`` a search starts its own, as its help says."""
+    names, and wait for it forever: without ``--address`` a search starts its own, as its help says. Its one trial
+    is lent the cores no other trial will take."""
     nobody = {**os.environ, "RAY_ADDRESS": "127.0.0.9:6399"}  # a loopback address where nothing listens
     done = subprocess.run([*SEARCH, "--name", "alone", "--storage-path", str(tmp_path), "--num-samples", "1",
-                           "--max-epochs", "1"], cwd=REPO, capture_output=True, text=True, timeout=600, env=nobody)
+                           "--max-epochs", "4"], cwd=REPO, capture_output=True, text=True, timeout=600, env=nobody)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "1 trials (0 failed)" in done.stdout
+    # no trial is left to start, so the one trial is lent the machine's idle cores: not for its first epoch, when
+    # the driver does not yet know its node, and from an epoch after its first report
+    [results] = tmp_path.glob("alone/run_trial_*/result.json")
+    threads = [json.loads(line)["threads"] for line in results.read_text().splitlines()]
+    assert threads[0] == 1 and threads[-1] == os.cpu_count(), threads
 
 
 NEEDS_ROOT = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,

@@ -1,5 +1,6 @@
 """The fused CPU loss (lrml.fused) against autograd on the same weights: loss, every gradient, and the edges."""
 import itertools
+import json
 import math
 import os
 import subprocess
@@ -261,6 +262,42 @@ def test_numba_starts_no_more_threads_than_openmp_is_given():
     """Ray gives each worker OMP_NUM_THREADS; a larger numba pool made two one-CPU trials on two cores 5x slower."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("NUMBA_NUM_THREADS", None)
+    env.pop("OMP_WAIT_POLICY", None)
     found = subprocess.run([sys.executable, "-c", "import lrml.optim, numba; print(numba.config.NUMBA_NUM_THREADS)"],
                            env=env, capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "1"
+
+
+IDLE_POOL = """
+import json, os, sys
+import torch
+from dataclasses import replace
+from lrml.data import load_dataset, prepare
+from lrml.train import Trainer, defaults
+import numba
+torch.set_num_threads(1)
+Trainer(replace(defaults("lrml"), max_epochs=2), load_dataset(prepare(out_dir=sys.argv[1], progress=False))).fit(
+    final_eval=False)
+ticks = {}
+for tid in os.listdir("/proc/self/task"):
+    fields = open(f"/proc/self/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+    ticks[int(tid)] = int(fields[11]) + int(fields[12])  # utime, stime
+main = ticks.pop(os.getpid())
+print(json.dumps({"pool": numba.config.NUMBA_NUM_THREADS, "main": main, "others": sum(ticks.values())}))
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or (os.cpu_count() or 1) < 2,
+                    reason="per-thread CPU times from Linux's /proc, on a machine of several cores")
+def test_with_passive_openmp_the_pool_has_a_thread_per_core_and_a_one_thread_run_leaves_the_rest_asleep(tmp_path):
+    """What lending a search's idle cores to its last trials rests on (lrml_tune.sweep.cores): in a trial process
+    (OMP_NUM_THREADS=1 from Ray, OMP_WAIT_POLICY=passive from the search), numba's pool holds a thread per core,
+    and while the process trains on one thread the other pool threads sleep. Spinning, as OpenMP's idle threads do
+    by default, they took 60% of the training thread's CPU time here; a tenth of that is the bound."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "passive"}
+    env.pop("NUMBA_NUM_THREADS", None)
+    found = subprocess.run([sys.executable, "-c", IDLE_POOL, str(tmp_path / "small")], env=env, capture_output=True,
+                           text=True, check=True)
+    threads = json.loads(found.stdout.splitlines()[-1])
+    assert threads["pool"] == os.cpu_count()
+    assert threads["others"] < 0.06 * threads["main"], threads

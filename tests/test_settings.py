@@ -43,7 +43,7 @@ def test_every_setting_round_trips_through_the_printed_command_line(tmp_path):
         storage_path=str(tmp_path / "runs"), seed=3, max_epochs=30, patience=4, metric="full", report_both=True,
         time_budget="90s", searcher="random", scheduler="hyperband", grace_period=2, space_file=str(space_file),
         workers_per_trial=2, sync_every=4,
-        cpus_per_worker=0.3, gpus_per_worker=0.125, concurrency=5, max_failures=0, worker_start_timeout=45.5,
+        cpus_per_worker=0.3, fixed_threads=True, gpus_per_worker=0.125, concurrency=5, max_failures=0, worker_start_timeout=45.5,
         address="127.0.0.2:6379", node_ip_address="127.0.0.2", mlflow="http://127.0.0.1:5000", wandb=True)
     defaults_of = SearchSettings()
     assert all(getattr(changed, item.name) != getattr(defaults_of, item.name) for item in fields(SearchSettings))

@@ -161,6 +161,20 @@ def test_a_resumed_run_gives_the_same_metrics_as_an_uninterrupted_one(small_data
         assert after[MONITOR] == pytest.approx(before[MONITOR], abs=1e-6)
 
 
+def test_the_search_clock_leaves_out_the_protocol_only_reported(small_dataset):
+    """A search's rungs count ``total_seconds``: reporting the other protocol too (``validate_both``) times its
+    validation apart and leaves it out, so that a search reporting both judges each trial by the time it would
+    take without."""
+    config = replace(defaults("lrml"), max_epochs=2, validate_both=True)
+    both = Trainer(config, small_dataset).fit(final_eval=False).history
+    assert all(row["report_seconds"] > 0 and "valid/full/ndcg@10" in row for row in both)
+    assert both[-1]["total_seconds"] == pytest.approx(sum(row["seconds"] - row["report_seconds"] for row in both),
+                                                      rel=1e-12)
+    alone = Trainer(replace(config, max_epochs=1, validate_both=False), small_dataset).fit(final_eval=False).history
+    assert alone[0]["report_seconds"] == 0.0 and alone[0]["total_seconds"] == alone[0]["seconds"]
+    assert "valid/full/ndcg@10" not in alone[0]
+
+
 def test_a_diverging_run_stops_with_the_reason_and_scores_nothing(small_dataset):
     with pytest.raises(TrainingDiverged, match=r"epoch 1: loss nan, valid/sampled/ndcg@10 0.0: the model diverged"):
         Trainer(replace(defaults("bpr"), max_epochs=3, lr=1e30), small_dataset).fit()

@@ -20,6 +20,8 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 
 from lrml.train import defaults
 from lrml_tune.comparison.stats import bootstrap_ci, paired_randomization_test
+from lrml_tune.sweep import SearchSettings
+from lrml_tune.sweep.cores import shares
 from lrml_tune.sweep.faults import RESERVE_BYTES_PER_TRIAL, Reserve, StorageFault, storage_fault
 from lrml_tune.sweep.pruning import CheckpointPruner
 from lrml_tune.sweep.resources import plan_resources
@@ -161,6 +163,24 @@ def test_resource_plan_fills_the_cluster():
         plan_resources({"CPU": 2.0}, workers=2, cpus_per_worker=1, gpus_per_worker=1)
     scaling = plan_resources({"CPU": 4.0}, workers=2, cpus_per_worker=2, gpus_per_worker=1, concurrency=4)
     assert (scaling.concurrency, scaling.fits_now) == (4, 0)  # a cluster that autoscales: the user's concurrency
+
+
+def test_the_last_trials_share_their_nodes_cpus_and_nothing_is_lent_while_a_node_is_unknown():
+    two_cpus = {"10.0.0.1": 2.0}
+    assert shares({"a": "10.0.0.1"}, two_cpus, own=1) == {"a": 2}
+    assert shares({"a": "10.0.0.1", "b": "10.0.0.1"}, two_cpus, own=1) == {}  # one each: their own
+    assert shares({"a": "10.0.0.1", "b": None}, two_cpus, own=1) == {}  # b holds a CPU on a node not yet known
+    # each node split between the trials running there; a share no larger than a trial's own is not lent
+    nodes = {"10.0.0.1": 4.0, "10.0.0.2": 5.0}
+    assert shares({"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.2"}, nodes, own=1) == {"a": 4, "b": 2, "c": 2}
+    assert shares({"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.2"}, nodes, own=2) == {"a": 4}
+
+
+def test_only_one_worker_trials_on_cpus_are_lent_cores_and_fixed_threads_turns_it_off(tmp_path):
+    assert SearchSettings(storage_path=str(tmp_path)).lends_cores
+    for other in ({"fixed_threads": True}, {"workers_per_trial": 2}, {"gpus_per_worker": 1.0}):
+        assert not SearchSettings(storage_path=str(tmp_path), **other).lends_cores, other
+    assert SearchSettings(storage_path=str(tmp_path), fixed_threads=True).arguments()[-1] == "--fixed-threads"
 
 
 def test_bootstrap_interval_and_paired_test_against_known_answers():

@@ -78,7 +78,10 @@ def prog() -> str:
 
 def connect(settings: SearchSettings) -> None:
     """Join the cluster at ``settings.address``, or start a local Ray that listens on loopback only."""
-    runtime_env = {"env_vars": {TRAIN_HEALTH_CHECK_ENV: "0.5", TRAIN_START_TIMEOUT_ENV: f"{settings.worker_start_timeout:g}"}}
+    runtime_env = {"env_vars": {TRAIN_HEALTH_CHECK_ENV: "0.5", TRAIN_START_TIMEOUT_ENV: f"{settings.worker_start_timeout:g}",
+                                # idle OpenMP threads sleep, so a trial's numba pool may hold a thread per core for
+                                # the cores it is lent (lrml/__init__.py)
+                                **({"OMP_WAIT_POLICY": "PASSIVE"} if settings.lends_cores else {})}}
     if settings.address:  # the workers' output stays in Ray's logs and the trials' folders, off the console
         ray.init(address=settings.address, runtime_env=runtime_env, _node_ip_address=settings.node_ip_address,
                  log_to_driver=False)

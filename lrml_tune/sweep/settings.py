@@ -68,6 +68,9 @@ class SearchSettings:
                                           "exchanging costs about a tenth of training; 1: the exact global-batch "
                                           "gradient every step)", at_least=1)
     cpus_per_worker: float = option(1.0, "CPUs each worker reserves", above=0)
+    fixed_threads: bool = option(False, "every one-worker trial trains on its own CPUs to its end (default: once "
+                                        "no trial is left to start, the trials still running share their "
+                                        "machines' idle CPUs; fixed threads repeat a trial's numbers to the bit)")
     gpus_per_worker: float = option(0.0, "GPUs each worker reserves", at_least=0)
     concurrency: int | None = option(None, "trials at once (default: as many as the cluster holds now; set it on a "
                                            "cluster that autoscales, which then adds the nodes these trials need)",
@@ -115,6 +118,11 @@ class SearchSettings:
     @property
     def time_budget_seconds(self) -> float | None:
         return parse_duration(self.time_budget) if self.time_budget is not None else None
+
+    @property
+    def lends_cores(self) -> bool:
+        """Whether the last trials share their machines' idle CPUs: one-worker trials on CPUs only."""
+        return not self.fixed_threads and self.workers_per_trial == 1 and not self.gpus_per_worker
 
     @property
     def monitor(self) -> str:

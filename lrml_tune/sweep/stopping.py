@@ -48,7 +48,8 @@ class CostRungs(AsyncHyperBandScheduler):
     By epochs, a configuration whose epoch costs ten times the defaults' (512 dimensions, 50 negatives)
     would train ten times as long before each rung; by seconds, every configuration is judged after the
     same time, as a search that keeps to a clock needs. A trial's seconds are its epochs' own
-    (``total_seconds``: training and validation, continued from a resumed checkpoint). Until the unit
+    (``total_seconds``: training and validation on the monitored protocol, not the other one that
+    ``--report-both`` adds, continued from a resumed checkpoint). Until the unit
     is known, no trial is stopped; a trial already past a rung then meets it at its next report.
 
     Ray saves the searcher with the experiment but not the scheduler: a resumed search would start

@@ -34,8 +34,10 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from lrml import checkpoint as checkpoints
 from lrml.data import Dataset, Shard, load_dataset, prepare, read_manifest
+from lrml.fused import compiled_threads
 from lrml.parallel import Collective, SingleProcess
 from lrml.train import EpochReport, TrainConfig, Trainer, monitor_key
+from lrml_tune.sweep.cores import lent_threads
 
 CHECKPOINT_FILE = "model.pt"
 NODE_ID_LABEL = "ray.io/node-id"  # the label Ray gives every node, its id
@@ -134,6 +136,7 @@ class TrialSpec:
     max_failures: int = 0  # TorchTrainer restarts after a worker fails or its workers could not start
     ray_data_reads: bool = True  # several workers get their pairs through Ray Data; False: each reads with pyarrow
     sync_every: int | None = None  # several workers: steps between exchanges (None: shared memory on one machine; lrml.parallel)
+    core_ledger: str | None = None  # a one-worker trial: the CoreLedger that lends it idle cores (None: its own CPUs)
 
     def __post_init__(self):
         if self.workers > 1 and not self.ray_train:
@@ -164,13 +167,21 @@ def run_trial(searched: dict, spec: TrialSpec) -> None:
 
 
 def _train_here(config: TrainConfig, spec: TrialSpec) -> None:
+    """Train in the trial's own process; after each epoch, take the threads the search's ledger lends, if any."""
     torch.set_num_threads(spec.threads)
     dataset = spec.dataset.load()
     trainer = Trainer(config, dataset, device=spec.device())
-    where = _announce(ray.tune.get_context().get_trial_id(), 0, 1, len(dataset.train_users), "pyarrow")
-    resume = _read_checkpoint(ray.tune.get_checkpoint(), dataset.fingerprint)
-    trainer.fit(callback=_reporter(ray.tune.report, ray.tune.Checkpoint, where, rank=0), final_eval=False,
-                resume=resume)
+    trial_id = ray.tune.get_context().get_trial_id()
+    where = _announce(trial_id, 0, 1, len(dataset.train_users), "pyarrow")
+    report = _reporter(ray.tune.report, ray.tune.Checkpoint, where, rank=0)
+
+    def each_epoch(epoch: EpochReport) -> None:
+        report(epoch)
+        if spec.core_ledger:
+            torch.set_num_threads(lent_threads(spec.core_ledger, trial_id, spec.threads))
+
+    trainer.fit(callback=each_epoch, final_eval=False,
+                resume=_read_checkpoint(ray.tune.get_checkpoint(), dataset.fingerprint))
 
 
 def _fit_torch_trainer(config: TrainConfig, spec: TrialSpec) -> None:
@@ -232,9 +243,10 @@ def _reporter(report: Callable, checkpoint_class, where: dict, rank: int) -> Cal
     """A fit callback that reports every epoch; rank 0 attaches a checkpoint when validation improved.
 
     ``last_epoch`` tells the searcher that the trial ended by itself (max epochs or patience), not
-    because the scheduler stopped it; ``peak_rss_mb`` is the largest worker process's peak resident memory so far
-    (a reused process: over every trial it ran); ``cpu_seconds`` the CPU time the workers' processes took since
-    the last report (the first: since the trial started), summed over workers, for the search's CPU use.
+    because the scheduler stopped it; ``threads`` the threads rank 0's compiled passes ran on; ``peak_rss_mb`` is the
+    largest worker process's peak resident memory so far (a reused process: over every trial it ran);
+    ``cpu_seconds`` the CPU time the workers' processes took since the last report (the first: since the trial
+    started), summed over workers, for the search's CPU use.
     """
     cpu_before = _process_cpu_seconds()
 
@@ -245,8 +257,8 @@ def _reporter(report: Callable, checkpoint_class, where: dict, rank: int) -> Cal
         peak_kb = epoch.trainer.parallel.agree_max(usage.ru_maxrss)
         [cpu_seconds] = epoch.trainer.parallel.agree_sum([cpu_now - cpu_before])
         cpu_before = cpu_now
-        metrics = {**epoch.metrics, **where, "last_epoch": epoch.last, "peak_rss_mb": peak_kb / 1024,
-                   "cpu_seconds": cpu_seconds}
+        metrics = {**epoch.metrics, **where, "last_epoch": epoch.last, "threads": compiled_threads(),
+                   "peak_rss_mb": peak_kb / 1024, "cpu_seconds": cpu_seconds}
         if not (epoch.improved and rank == 0):
             report(metrics)
             return

@@ -8,10 +8,12 @@ from ray import tune
 from lrml.errors import UserError
 from lrml.train import defaults
 from lrml_tune.sweep.budget import BUDGET_FILE, TimeBudget
+from lrml_tune.sweep.cores import CoreLender
 from lrml_tune.sweep.experiment import best_epoch_row, valid_metrics
 from lrml_tune.sweep.faults import Reserve, StorageWatch
 from lrml_tune.sweep.pruning import CheckpointPruner
 from lrml_tune.sweep.record import SearchOutcome, SearchRecord
+from lrml_tune.sweep.settings import SearchSettings
 from lrml_tune.sweep.space import starting_points
 from lrml_tune.sweep.stopping import make_scheduler
 from lrml_tune.sweep.study import SearcherEndsGenerator, StudySearcher, create_study, make_sampler
@@ -31,7 +33,12 @@ def trial_spec(record: SearchRecord) -> TrialSpec:
                      workers=settings.workers_per_trial, cpus_per_worker=settings.cpus_per_worker,
                      gpus_per_worker=settings.gpus_per_worker, ray_train=settings.workers_per_trial > 1,
                      train_storage=f"{settings.experiment}/train", max_failures=settings.max_failures,
-                     sync_every=settings.sync_every)
+                     sync_every=settings.sync_every, core_ledger=core_ledger(settings))
+
+
+def core_ledger(settings: SearchSettings) -> str | None:
+    """The name of the actor that lends the search's idle cores to its last trials, if they are lent."""
+    return f"lrml-core-ledger-{settings.name}" if settings.lends_cores else None
 
 
 def build_tuner(record: SearchRecord, concurrency: int, resume: bool, reserve: Reserve) -> tune.Tuner:
@@ -70,7 +77,8 @@ def build_tuner(record: SearchRecord, concurrency: int, resume: bool, reserve: R
             log_to_file=True, sync_config=tune.SyncConfig(sync_artifacts=True),
             # every checkpoint kept by Tune: the pruner deletes superseded ones once no saved state names them
             callbacks=[ConsoleProgress(settings.num_samples, settings.monitor, budget), watch, CheckpointPruner(),
-                       *([budget] if budget else []), *logger_callbacks(settings)],
+                       *([budget] if budget else []), *logger_callbacks(settings),
+                       *([CoreLender(spec.core_ledger, settings.num_samples, spec.threads)] if spec.core_ledger else [])],
             stop=budget,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=settings.max_failures)))
