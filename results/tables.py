@@ -237,16 +237,45 @@ def metric_section(records: list[dict]) -> list[str]:
         same = record["choices"]["sampled"].get("config", record["choices"]["sampled"].get("reg_weight")) == \
             record["choices"]["full"].get("config", record["choices"]["full"].get("reg_weight"))
         lines.append("| " + " | ".join(cells) + f" | {'yes' if same else 'no'} |")
-    lines += ["", "| model | searches | full − sampled choice, test sampled | p | test full | p |",
-              "|---|---:|---:|---:|---:|---:|"]
-    groups = {LABELS[model]: [r for r in records if r["model"] == model] for model in dict.fromkeys(r["model"] for r in records)}
-    for label, group in [*groups.items(), ("all", records)]:
-        cells = [label, str(len(group))]
+    lines += ["", "| dataset | model | searches | full − sampled choice, test sampled | p | test full | p |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    groups = []
+    for dataset in dict.fromkeys(r["dataset"] for r in records):
+        here = [r for r in records if r["dataset"] == dataset]
+        groups += [(dataset, LABELS[model], [r for r in here if r["model"] == model])
+                   for model in dict.fromkeys(r["model"] for r in here)] + [(dataset, "all", here)]
+    for dataset, label, group in [*groups, ("all", "all", records)]:
+        cells = [dataset, label, str(len(group))]
         for protocol in PROTOCOLS:
             gaps = metric_gaps(group, protocol)
             cells += [f"{np.mean(gaps):+.4f}", p_text(paired_randomization_test(np.array(gaps), np.zeros(len(gaps))))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def metric_words(records: list[dict], datasets) -> list[str]:
+    """Per dataset, which validation metric chose better on test: full ranking only where its choices scored higher
+    in full ranking without scoring lower in the sampled protocol (the rule the default follows)."""
+    clauses, missing = [], []
+    for dataset in datasets:
+        group = [record for record in records if record["dataset"] == dataset]
+        if not group:
+            missing.append(dataset)
+            continue
+        gaps = {protocol: metric_gaps(group, protocol) for protocol in PROTOCOLS}
+        effects = [f"{np.mean(gaps[protocol]):+.4f} {protocol} (p "
+                   f"{p_text(paired_randomization_test(np.array(gaps[protocol]), np.zeros(len(gaps[protocol]))))})"
+                   for protocol in PROTOCOLS]
+        better = np.mean(gaps["full"]) > 0 and np.mean(gaps["sampled"]) >= 0
+        models = ", ".join(LABELS[model] for model in dict.fromkeys(record["model"] for record in group))
+        clauses.append(f"on {dataset} ({len(group)} choices: {models}) choosing on full-ranking validation instead "
+                       f"of sampled moves test nDCG@10 by {' and '.join(effects)}: "
+                       + ("full ranking chooses better" if better else "sampled stays the better choice"))
+    if not clauses:
+        return []
+    answer = "; ".join(clauses)
+    text = "- **Which validation metric to select on?** " + answer[0].upper() + answer[1:]
+    return [text + (f". Not measured yet on {', '.join(missing)}." if missing else ".")]
 
 
 # ---- what the search seeds say, in words
@@ -540,7 +569,8 @@ def setup_lines(root: Path, results: dict, searcher: str) -> list[str]:
             f"{s.scheduler.upper()} ({rungs_words(root, results, searcher)}), up to {s.max_epochs} epochs with patience "
             f"{s.patience}, the spaces in `lrml_tune/sweep/default_spaces/`, selecting on validation nDCG@10 "
             f"({s.metric}); then `python tune/best.py <dataset>-lrml-tpe-s<seed> --tune-baselines` (the ml-100k "
-            "searches with `--dataset ml-100k`, its archive checked against GroupLens's checksum).", "",
+            "searches with `--dataset ml-100k`, its archive checked against GroupLens's checksum, and "
+            "`--report-both`, so that the selection metric can be replayed from them).", "",
             "**Protocol.** Leave-one-out by time: each user's latest interaction is the test item, the one before it "
             f"the validation item, the rest training. *Sampled*: the held-out item ranked against "
             f"{SplitParams.num_candidates} unseen items drawn once per user with a fixed seed; *full*: ranked "
@@ -573,11 +603,12 @@ def wrapped(lines: list[str]) -> list[str]:
 
 
 def results_page(root: Path, results: dict, memory: dict, verdicts: dict, searcher: str) -> str:
-    slots = memory_slots(root)
+    slots, metric_choices = memory_slots(root), load_metric(root)
     lines = [*setup_lines(root, results, searcher), "## What the files say", "", "- " + memory_sentence(verdicts, results, slots),
-             *against_defaults_words(results), *winners_words(root, results, searcher), *drop_words(results),
+             *metric_words(metric_choices, results), *against_defaults_words(results),
+             *winners_words(root, results, searcher), *drop_words(results),
              *memory_slots_words(results), *narrow_words(results), "", "Which runs these are:", "",
-             *dataset_notes(results), "", *memory_section(memory, verdicts, slots), *metric_section(load_metric(root)),
+             *dataset_notes(results), "", *memory_section(memory, verdicts, slots), *metric_section(metric_choices),
              *ablation_section(root, results, searcher),
              "## Tables over search seeds", "", *against_defaults(results), *winners(root, results, searcher),
              *comparison(results), *selection(results)]
