@@ -217,6 +217,12 @@ def metric_gaps(records: list[dict], protocol: str) -> list[float]:
             for record in records]
 
 
+def metric_effect(records: list[dict], protocol: str) -> tuple[float, float]:
+    """The mean of ``metric_gaps`` over the searches, and its paired randomisation test against no difference."""
+    gaps = np.array(metric_gaps(records, protocol))
+    return float(np.mean(gaps)), paired_randomization_test(gaps, np.zeros(len(gaps)))
+
+
 def metric_section(records: list[dict]) -> list[str]:
     lines = ["## Which validation metric to select on", "",
              "`python bench/metric_choice.py <searches> --ease <datasets>`: from searches whose trials reported both "
@@ -247,8 +253,8 @@ def metric_section(records: list[dict]) -> list[str]:
     for dataset, label, group in [*groups, ("all", "all", records)]:
         cells = [dataset, label, str(len(group))]
         for protocol in PROTOCOLS:
-            gaps = metric_gaps(group, protocol)
-            cells += [f"{np.mean(gaps):+.4f}", p_text(paired_randomization_test(np.array(gaps), np.zeros(len(gaps))))]
+            mean, p = metric_effect(group, protocol)
+            cells += [f"{mean:+.4f}", p_text(p)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -262,11 +268,9 @@ def metric_words(records: list[dict], datasets) -> list[str]:
         if not group:
             missing.append(dataset)
             continue
-        gaps = {protocol: metric_gaps(group, protocol) for protocol in PROTOCOLS}
-        effects = [f"{np.mean(gaps[protocol]):+.4f} {protocol} (p "
-                   f"{p_text(paired_randomization_test(np.array(gaps[protocol]), np.zeros(len(gaps[protocol]))))})"
-                   for protocol in PROTOCOLS]
-        better = np.mean(gaps["full"]) > 0 and np.mean(gaps["sampled"]) >= 0
+        effect = {protocol: metric_effect(group, protocol) for protocol in PROTOCOLS}
+        effects = [f"{effect[protocol][0]:+.4f} {protocol} (p {p_text(effect[protocol][1])})" for protocol in PROTOCOLS]
+        better = effect["full"][0] > 0 and effect["sampled"][0] >= 0
         models = ", ".join(LABELS[model] for model in dict.fromkeys(record["model"] for record in group))
         clauses.append(f"on {dataset} ({len(group)} choices: {models}) choosing on full-ranking validation instead "
                        f"of sampled moves test nDCG@10 by {' and '.join(effects)}: "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections import Counter
 
 import ray
 from ray import tune
@@ -32,9 +33,7 @@ def shares(running: dict[str, str | None], node_cpus: dict[str, float], own: int
     ``own``. Nothing is lent while a trial's node is unknown: it holds CPUs on some node."""
     if None in running.values():
         return {}
-    on_node: dict[str, int] = {}
-    for node in running.values():
-        on_node[node] = on_node.get(node, 0) + 1
+    on_node = Counter(running.values())
     lent = {trial: math.floor(node_cpus.get(node, 0.0) / on_node[node]) for trial, node in running.items()}
     return {trial: threads for trial, threads in lent.items() if threads > own}
 
@@ -53,7 +52,6 @@ class CoreLender(tune.Callback):
 
     def setup(self, **info) -> None:
         self.ledger = CoreLedger.options(name=self.ledger_name, get_if_exists=True).remote()
-        self.lent = {}
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         if len(trials) < self.num_samples or any(trial.status == "PENDING" for trial in trials):
