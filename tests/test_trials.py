@@ -91,14 +91,9 @@ def small_spec(local_ray, tmp_path_factory) -> TrialSpec:
     return TrialSpec(replace(defaults("lrml"), max_epochs=3), ref)
 
 
-@pytest.fixture(scope="module")
-def here(small_spec, tmp_path_factory) -> pd.DataFrame:
-    """One trial of ``small_spec`` trained in its own process: the one-worker run the others are held to."""
-    return fit_trial(small_spec, tmp_path_factory.mktemp("here"), "here")
-
-
-def test_a_trial_gives_the_same_metrics_in_its_own_process_and_as_a_ray_train_run(small_spec, here, tmp_path):
+def test_a_trial_gives_the_same_metrics_in_its_own_process_and_as_a_ray_train_run(small_spec, tmp_path):
     spec = small_spec
+    here = fit_trial(spec, tmp_path, "here")
     train = fit_trial(replace(spec, ray_train=True, train_storage=str(tmp_path / "train")), tmp_path, "train")
     assert list(here["epoch"]) == list(train["epoch"]) == [1, 2, 3]
     for column in ("loss", MONITOR, "valid/sampled/hr@10"):
@@ -142,12 +137,12 @@ def _worker_outside_ray(rank: int, spec: TrialSpec, port: int, out: str) -> None
             Path(out).write_text(json.dumps(history))
 
 
-def test_two_workers_of_one_machine_share_memory_and_learn_as_one_worker_does(small_spec, here, tmp_path):
+def test_two_workers_of_one_machine_share_memory_and_learn_as_one_worker_does(small_spec, tmp_path):
     """By default, two Ray Train workers on one machine share the item tables in its memory. Their model learns as
     one worker's does: validation nDCG@10 after each of the 3 epochs within what another seed moves one worker's,
     0.021 (the largest gap between seed 0's curve and seed 1 to 5's, seed 2 at epoch 2: `lrml-train --max-epochs 3
     --seed S`)."""
-    one = here
+    one = fit_trial(small_spec, tmp_path, "one")
     spec = replace(small_spec, workers=2, cpus_per_worker=1, ray_train=True, train_storage=str(tmp_path / "train"))
     two = fit_trial(spec, tmp_path, "shared")
     assert two["exchange"].iloc[0] == "shared memory"
