@@ -20,6 +20,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from lrml.errors import UserError
+from lrml_tune.sweep.cores import CoreLedger, lent_threads
 from lrml_tune.sweep.faults import PROBE_BYTES, probe
 from lrml_tune.sweep.local_ray import exclusive_local_ray, running_ray_addresses
 
@@ -174,6 +175,21 @@ def test_a_search_refuses_beside_a_ray_it_did_not_start(tmp_path):
     finally:
         ray.shutdown()
     wait_for(lambda: address not in running_ray_addresses(), timeout=60)
+
+
+def test_a_trial_keeps_its_own_threads_once_its_core_ledger_is_gone():
+    """The ledger's node may die under a running trial (a multi-node search lost a node in CI that way): the
+    trial trains on with its own threads instead of failing on the dead actor."""
+    ray.init(_node_ip_address="127.0.0.2", num_cpus=1, include_dashboard=False)
+    try:
+        ledger = CoreLedger.options(name="ledger-of-a-test").remote()
+        ray.get(ledger.lend.remote({"lent-to": 2}))
+        assert lent_threads("ledger-of-a-test", "lent-to", 1) == min(2, len(os.sched_getaffinity(0)))
+        assert lent_threads("ledger-of-a-test", "not-named", 1) == 1
+        ray.kill(ledger)
+        assert lent_threads("ledger-of-a-test", "lent-to", 1) == 1
+    finally:
+        ray.shutdown()
 
 
 def test_a_search_without_an_address_starts_its_own_ray_whatever_ray_address_names(tmp_path):

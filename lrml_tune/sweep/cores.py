@@ -11,6 +11,8 @@ from collections import Counter
 
 import ray
 from ray import tune
+from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 
 @ray.remote(num_cpus=0)
@@ -51,7 +53,9 @@ class CoreLender(tune.Callback):
         return {**self.__dict__, "ledger": None, "lent": {}, "node_cpus": {}}
 
     def setup(self, **info) -> None:
-        self.ledger = CoreLedger.options(name=self.ledger_name, get_if_exists=True).remote()
+        """The ledger lives on the driver's node: on any other it would die with that node, and every trial with it."""
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.ledger = CoreLedger.options(name=self.ledger_name, get_if_exists=True, scheduling_strategy=here).remote()
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         if len(trials) < self.num_samples or any(trial.status == "PENDING" for trial in trials):
@@ -70,9 +74,13 @@ class CoreLender(tune.Callback):
 
 def lent_threads(ledger_name: str, trial_id: str, own: int) -> int:
     """The threads this trial trains its next epoch on: what the ledger lends it, at most the cores this process
-    may run on, else its ``own`` (also where there is no ledger: a search begun by a version without one)."""
+    may run on, else its ``own`` (also where there is no ledger: a search begun by a version without one, or the
+    ledger is gone)."""
     ledger = _ledger(ledger_name)
-    lent = ray.get(ledger.threads_of.remote(trial_id)) if ledger else None
+    try:
+        lent = ray.get(ledger.threads_of.remote(trial_id)) if ledger else None
+    except RayActorError:  # the driver's node went down: the search will not outlive it, the trial keeps going
+        lent = None
     return min(lent, _usable_cores()) if lent else own
 
 
