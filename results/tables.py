@@ -140,6 +140,13 @@ def memory_slots(root: Path) -> str:
     return f"{min(values)} to {max(values)}" if values else "several"
 
 
+def answered(question: str, clauses: list[str], missing: list[str]) -> str:
+    """``**question** Clause; clause.``: one clause per dataset measured, then the datasets not measured yet."""
+    answer = "; ".join(clauses)
+    return (f"**{question}** " + answer[0].upper() + answer[1:]
+            + (f". Not measured yet on {', '.join(missing)}." if missing else "."))
+
+
 def memory_sentence(verdicts: dict, datasets, slots: str) -> str:
     """The answer to "does LRML's memory help?", one clause per dataset, from what has been measured."""
     clauses, missing = [], []
@@ -158,9 +165,7 @@ def memory_sentence(verdicts: dict, datasets, slots: str) -> str:
                        f"{slots} slots against one slot moves test nDCG@10 by {' and '.join(effects)}")
     if not clauses:
         return "**Does LRML's memory help?** Not measured yet (`bench/memory_ablation.py`)."
-    answer = "; ".join(clauses)
-    text = "**Does LRML's memory help?** " + answer[0].upper() + answer[1:]
-    return text + (f". Not measured yet on {', '.join(missing)}." if missing else ".")
+    return answered("Does LRML's memory help?", clauses, missing)
 
 
 def memory_section(memory: dict, verdicts: dict, slots: str) -> list[str]:
@@ -223,6 +228,29 @@ def metric_effect(records: list[dict], protocol: str) -> tuple[float, float]:
     return float(np.mean(gaps)), paired_randomization_test(gaps, np.zeros(len(gaps)))
 
 
+def is_live(record: dict) -> bool:
+    """A search that selected on full-ranking validation itself: a check of the replays, not one of them."""
+    return record.get("search_metric") == "full"
+
+
+def live_checks(records: list[dict]) -> list[str]:
+    """Each live search beside the replay of the same dataset, model and seed: its own full-ranking choice against
+    the one replayed from the search that selected on sampled."""
+    lines = []
+    for live in filter(is_live, records):
+        twins = [r for r in records if not is_live(r) and r.get("seed") == live["seed"]
+                 and (r["dataset"], r["model"]) == (live["dataset"], live["model"])]
+        for twin in twins:
+            scores = {protocol: (choice_ndcg(live["choices"]["full"], protocol),
+                                 choice_ndcg(twin["choices"]["full"], protocol)) for protocol in PROTOCOLS}
+            lines.append(f"- Live check on {live['dataset']}, {LABELS[live['model']]}, search seed {live['seed']}: "
+                         f"`{live['search']}`'s own choice on full-ranking validation scored test nDCG@10 "
+                         + " and ".join(f"{scores[protocol][0]:.4f} {protocol}" for protocol in PROTOCOLS)
+                         + f", the choice replayed from `{twin['search']}` "
+                         + " and ".join(f"{scores[protocol][1]:.4f} {protocol}" for protocol in PROTOCOLS) + ".")
+    return lines + [""] if lines else []
+
+
 def metric_section(records: list[dict]) -> list[str]:
     lines = ["## Which validation metric to select on", "",
              "`python bench/metric_choice.py <searches> --ease <datasets>`: from searches whose trials reported both "
@@ -230,14 +258,14 @@ def metric_section(records: list[dict]) -> list[str]:
              "`tune/best.py` makes it (top configurations retrained with seeds "
              f"{', '.join(map(str, RETRAIN_SEEDS))}, early-stopped on that protocol); each choice's test nDCG@10 is "
              "its retrains' mean (EASE: its weight's one fit). A search that ran with `--metric full` is marked "
-             "live: its full choice is its own. p: paired randomisation test over the searches of the full choice "
-             "against the sampled one.", ""]
+             "live: its full choice is its own, and it checks the replays rather than counting among them. p: paired "
+             "randomisation test over the replayed searches of the full choice against the sampled one.", ""]
     if not records:
         return lines + ["Not measured yet.", ""]
     lines += ["| dataset | model | search | on sampled: test sampled | test full | on full: test sampled | test full | "
               "same configuration |", "|---|---|---|---:|---:|---:|---:|---|"]
     for record in records:
-        search = record.get("search", "EASE's weight grid") + (" (live)" if record.get("search_metric") == "full" else "")
+        search = record.get("search", "EASE's weight grid") + (" (live)" if is_live(record) else "")
         cells = [record["dataset"], LABELS[record["model"]], search]
         cells += [f"{choice_ndcg(record['choices'][metric], protocol):.4f}" for metric in PROTOCOLS for protocol in PROTOCOLS]
         same = record["choices"]["sampled"].get("config", record["choices"]["sampled"].get("reg_weight")) == \
@@ -245,18 +273,18 @@ def metric_section(records: list[dict]) -> list[str]:
         lines.append("| " + " | ".join(cells) + f" | {'yes' if same else 'no'} |")
     lines += ["", "| dataset | model | searches | full − sampled choice, test sampled | p | test full | p |",
               "|---|---|---:|---:|---:|---:|---:|"]
-    groups = []
-    for dataset in dict.fromkeys(r["dataset"] for r in records):
-        here = [r for r in records if r["dataset"] == dataset]
+    replayed, groups = [r for r in records if not is_live(r)], []
+    for dataset in dict.fromkeys(r["dataset"] for r in replayed):
+        here = [r for r in replayed if r["dataset"] == dataset]
         groups += [(dataset, LABELS[model], [r for r in here if r["model"] == model])
                    for model in dict.fromkeys(r["model"] for r in here)] + [(dataset, "all", here)]
-    for dataset, label, group in [*groups, ("all", "all", records)]:
+    for dataset, label, group in [*groups, ("all", "all", replayed)]:
         cells = [dataset, label, str(len(group))]
         for protocol in PROTOCOLS:
             mean, p = metric_effect(group, protocol)
             cells += [f"{mean:+.4f}", p_text(p)]
         lines.append("| " + " | ".join(cells) + " |")
-    return lines + [""]
+    return lines + ["", *live_checks(records)]
 
 
 def metric_words(records: list[dict], datasets) -> list[str]:
@@ -264,7 +292,7 @@ def metric_words(records: list[dict], datasets) -> list[str]:
     in full ranking without scoring lower in the sampled protocol (the rule the default follows)."""
     clauses, missing = [], []
     for dataset in datasets:
-        group = [record for record in records if record["dataset"] == dataset]
+        group = [record for record in records if record["dataset"] == dataset and not is_live(record)]
         if not group:
             missing.append(dataset)
             continue
@@ -277,9 +305,7 @@ def metric_words(records: list[dict], datasets) -> list[str]:
                        + ("full ranking chooses better" if better else "sampled stays the better choice"))
     if not clauses:
         return []
-    answer = "; ".join(clauses)
-    text = "- **Which validation metric to select on?** " + answer[0].upper() + answer[1:]
-    return [text + (f". Not measured yet on {', '.join(missing)}." if missing else ".")]
+    return ["- " + answered("Which validation metric to select on?", clauses, missing)]
 
 
 # ---- what the search seeds say, in words

@@ -33,6 +33,28 @@ def test_the_pooled_test_averages_each_user_over_the_search_seeds(tmp_path):
     assert tables.per_user_frames(tmp_path, "ml-x", "tpe", [0, 1, 2]) is None  # seed 2 has no per-user file
 
 
+def choices(on_sampled: tuple[float, float], on_full: tuple[float, float]) -> dict:
+    """A search's two choices, each by its retrains' mean test nDCG@10 (sampled, full)."""
+    def runs(sampled: float, full: float) -> dict:
+        return {"config": {"lr": sampled}, "runs": {"test": {"sampled": {"ndcg@10": {"mean": sampled}},
+                                                             "full": {"ndcg@10": {"mean": full}}}}}
+    return {"sampled": runs(*on_sampled), "full": runs(*on_full)}
+
+
+def test_a_live_full_search_checks_the_replay_and_is_not_counted_among_the_replays():
+    replay = {"search": "ml-x-lrml-s0", "model": "lrml", "dataset": "ml-x", "seed": 0, "search_metric": "sampled",
+              "choices": choices((0.50, 0.030), (0.49, 0.032))}
+    live = {"search": "ml-x-lrml-full-s0", "model": "lrml", "dataset": "ml-x", "seed": 0, "search_metric": "full",
+            "choices": choices((0.40, 0.020), (0.30, 0.060))}  # gaps that would change the verdict if counted
+    [words] = tables.metric_words([replay, live], ["ml-x"])
+    assert "(1 choices: LRML)" in words and "by -0.0100 sampled" in words and "+0.0020 full" in words
+    assert "sampled stays the better choice" in words
+    section = "\n".join(tables.metric_section([replay, live]))
+    assert "| ml-x | all | 1 | -0.0100 |" in section
+    assert ("`ml-x-lrml-full-s0`'s own choice on full-ranking validation scored test nDCG@10 0.3000 sampled and "
+            "0.0600 full, the choice replayed from `ml-x-lrml-s0` 0.4900 sampled and 0.0320 full") in section
+
+
 def nudged(text: str) -> str:
     """``text`` with its first four-decimal number's last digit changed, as a hand edit would."""
     found = re.search(r"0\.\d{4}", text)
