@@ -233,6 +233,11 @@ def is_live(record: dict) -> bool:
     return record.get("search_metric") == "full"
 
 
+def both_protocols(choice: dict) -> str:
+    """A choice's test nDCG@10 in words: ``0.5000 sampled and 0.0300 full``."""
+    return " and ".join(f"{choice_ndcg(choice, protocol):.4f} {protocol}" for protocol in PROTOCOLS)
+
+
 def live_checks(records: list[dict]) -> list[str]:
     """Each live search beside the replay of the same dataset, model and seed: its own full-ranking choice against
     the one replayed from the search that selected on sampled."""
@@ -241,13 +246,10 @@ def live_checks(records: list[dict]) -> list[str]:
         twins = [r for r in records if not is_live(r) and r.get("seed") == live["seed"]
                  and (r["dataset"], r["model"]) == (live["dataset"], live["model"])]
         for twin in twins:
-            scores = {protocol: (choice_ndcg(live["choices"]["full"], protocol),
-                                 choice_ndcg(twin["choices"]["full"], protocol)) for protocol in PROTOCOLS}
             lines.append(f"- Live check on {live['dataset']}, {LABELS[live['model']]}, search seed {live['seed']}: "
                          f"`{live['search']}`'s own choice on full-ranking validation scored test nDCG@10 "
-                         + " and ".join(f"{scores[protocol][0]:.4f} {protocol}" for protocol in PROTOCOLS)
-                         + f", the choice replayed from `{twin['search']}` "
-                         + " and ".join(f"{scores[protocol][1]:.4f} {protocol}" for protocol in PROTOCOLS) + ".")
+                         f"{both_protocols(live['choices']['full'])}, the choice replayed from `{twin['search']}` "
+                         f"{both_protocols(twin['choices']['full'])}.")
     return lines + [""] if lines else []
 
 
